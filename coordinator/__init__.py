@@ -1,0 +1,1 @@
+"""The coordinator: gRPC service, state store, policy, global branch. Never imports torch."""

@@ -1,0 +1,1 @@
+"""The gRPC service: translation between protobuf and the store/policy types."""

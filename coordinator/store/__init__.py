@@ -1,0 +1,1 @@
+"""The state store: one interface (base.py), SQLite and Redis backends."""

@@ -1,0 +1,1 @@
+"""Generated protobuf packages of the autoswarm contract (see proto/autoswarm/v1/*.proto)."""

@@ -1,0 +1,1 @@
+"""The evolving trainer: train.py, hardware-class profiles, and the subprocess runner."""

@@ -1,0 +1,1 @@
+"""The volunteer daemon: detect, register, lease, verify, run, heartbeat, report, spool."""
