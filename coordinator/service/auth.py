@@ -1,0 +1,155 @@
+"""Authentication and roles: one server interceptor checks every RPC before its handler runs.
+
+Tokens are random secrets shown once; the store keeps only their sha256. The interceptor resolves
+the bearer token to a principal, checks the method's allowed roles, and hands the principal to the
+handler through a context variable (handlers never parse metadata themselves).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from coordinator.service.errors import UnauthenticatedError, status_for
+from coordinator.store.base import Store
+from coordinator.store.errors import PermissionDeniedError
+from coordinator.store.types import Principal, Role
+
+TOKEN_BYTES = 32
+PRINCIPAL_CACHE_TTL_S = 2.0  # bounded staleness of a revocation seen by another process
+
+ALL_ROLES = frozenset(Role)
+PUBLIC = frozenset[Role]()  # no token needed
+
+# Fully qualified method name -> roles allowed. A method missing here is refused.
+METHOD_ROLES: dict[str, frozenset[Role]] = {
+    "/autoswarm.v1.Coordinator/RegisterVolunteer": PUBLIC,
+    "/autoswarm.v1.Coordinator/GetSwarmConfig": PUBLIC,
+    "/autoswarm.v1.Coordinator/LeaseWork": frozenset({Role.VOLUNTEER}),
+    "/autoswarm.v1.Coordinator/Heartbeat": frozenset({Role.VOLUNTEER}),
+    "/autoswarm.v1.Coordinator/ReportResult": frozenset({Role.VOLUNTEER}),
+    "/autoswarm.v1.Coordinator/ReleaseLease": frozenset({Role.VOLUNTEER}),
+    "/autoswarm.v1.Coordinator/ReportRefusal": frozenset({Role.VOLUNTEER}),
+    "/autoswarm.v1.Coordinator/SubmitHypothesis": frozenset({Role.PROPOSER, Role.ADMIN}),
+    "/autoswarm.v1.Coordinator/GetHypothesis": ALL_ROLES,
+    "/autoswarm.v1.Coordinator/ListHypotheses": ALL_ROLES,
+    "/autoswarm.v1.Coordinator/GetBest": ALL_ROLES,
+    "/autoswarm.v1.Coordinator/ListResults": ALL_ROLES,
+    "/autoswarm.v1.Coordinator/GetLeaderboard": ALL_ROLES,
+    "/autoswarm.v1.Coordinator/GetSwarmStatus": ALL_ROLES,
+    "/autoswarm.v1.Coordinator/GetHistory": ALL_ROLES,
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+}
+ADMIN_SERVICE_PREFIX = "/autoswarm.v1.Admin/"
+
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "current_principal", default=None
+)
+
+
+def new_token() -> str:
+    return "as_" + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def roles_for(method: str) -> frozenset[Role] | None:
+    if method.startswith(ADMIN_SERVICE_PREFIX):
+        return frozenset({Role.ADMIN})
+    return METHOD_ROLES.get(method)
+
+
+def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            if text.lower().startswith("bearer "):
+                return text[7:].strip()
+    return None
+
+
+class PrincipalCache:
+    """token hash -> principal, for a couple of seconds: one store read per token per TTL."""
+
+    def __init__(self, store: Store, ttl_s: float = PRINCIPAL_CACHE_TTL_S) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def lookup(self, token_hash: str) -> Principal | None:
+        now = time.monotonic()
+        hit = self._entries.get(token_hash)
+        if hit is not None and now - hit[0] < self._ttl_s:
+            return hit[1]
+        principal = self._store.find_principal_by_token_hash(token_hash)
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[token_hash] = (now, principal)
+        return principal
+
+    def invalidate(self) -> None:
+        self._entries.clear()
+
+
+def authorize(cache: PrincipalCache, method: str, token: str | None) -> Principal | None:
+    """The principal allowed to call method, None for public methods; raises typed errors."""
+    allowed = roles_for(method)
+    if allowed is None:
+        raise PermissionDeniedError(f"method {method} is not exposed")
+    if not allowed:
+        return None
+    if not token:
+        raise UnauthenticatedError("missing bearer token (metadata 'authorization: Bearer <token>')")
+    principal = cache.lookup(hash_token(token))
+    if principal is None:
+        raise UnauthenticatedError("unknown token")
+    if principal.revoked:
+        raise PermissionDeniedError(f"principal {principal.principal_id} is revoked: {principal.revoked_reason}")
+    if principal.role not in allowed and principal.role != Role.ADMIN:
+        raise PermissionDeniedError(f"role {principal.role} may not call {method.rsplit('/', 1)[-1]}")
+    return principal
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Resolves the caller before any handler runs; refuses with UNAUTHENTICATED/PERMISSION_DENIED."""
+
+    def __init__(self, cache: PrincipalCache, run_blocking: Callable[..., Awaitable[Any]]) -> None:
+        self._cache = cache
+        self._run_blocking = run_blocking
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        token = bearer_token(handler_call_details.invocation_metadata)
+        inner = handler.unary_unary
+        cache, run_blocking = self._cache, self._run_blocking
+
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                principal = await run_blocking(authorize, cache, method, token)
+            except Exception as exc:  # typed errors become their status; nothing else ran
+                code, details = status_for(exc)
+                await context.abort(code, details)
+            current_principal.set(principal)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            authenticated,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
