@@ -29,11 +29,30 @@ Invariants
 from __future__ import annotations
 
 import abc
+import dataclasses
+import enum
+import functools
+import json
+import math
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 
+from coordinator.store.errors import InvalidValueError, PayloadTooLargeError
 from coordinator.store.types import (
+    MAX_ENVIRONMENT_ENTRIES,
+    MAX_ERROR_BYTES,
+    MAX_LIST_ENTRIES,
+    MAX_LOG_TAIL_BYTES,
+    MAX_PATCH_BYTES,
+    MAX_PROFILES_BYTES,
+    MAX_RATIONALE_BYTES,
+    MAX_REASON_BYTES,
+    MAX_SHORT_TEXT_BYTES,
+    MAX_TITLE_BYTES,
+    MAX_TRAIN_PY_BYTES,
     ClassStats,
     Hypothesis,
+    HypothesisSource,
     HypothesisState,
     Invite,
     Lease,
@@ -44,13 +63,24 @@ from coordinator.store.types import (
     ResultRecord,
     Role,
     RunMetrics,
+    RunStatus,
+    UnitKind,
     UnitState,
     WorkUnit,
 )
 
+_E = typing.TypeVar("_E", bound=enum.Enum)
+_R = typing.TypeVar("_R")
+
 
 class Store(abc.ABC):
     """Coordinator state. Implementations: SqliteStore (default), RedisStore (deployment)."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- lifecycle and clock ---------------------------------------------------------------------
 
@@ -87,7 +117,8 @@ class Store(abc.ABC):
         invite_token_hash: str | None = None,
     ) -> Principal:
         """Create a principal with a fresh id. With invite_token_hash, consume one use of that
-        invite atomically (InviteError when unknown, used up or expired) and take its owner."""
+        invite atomically (InviteError when unknown, used up or expired) and take its owner;
+        without one, owner is required. DuplicateError when the token hash is already in use."""
 
     @abc.abstractmethod
     def get_principal(self, principal_id: str) -> Principal: ...
@@ -141,7 +172,8 @@ class Store(abc.ABC):
         merged_commit: str | None = None,
         expected_state: HypothesisState | None = None,
     ) -> Hypothesis:
-        """Change fields; with expected_state, only if the state still is that (ConflictError)."""
+        """Change fields; with expected_state, only if the state still is that (ConflictError).
+        A priority change shifts the priority of the hypothesis's queued units by the same amount."""
 
     @abc.abstractmethod
     def count_hypotheses(self, states: Iterable[HypothesisState] = ()) -> int: ...
@@ -166,14 +198,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def requeue_unit(self, unit_id: str) -> WorkUnit:
-        """Put a done unit back in the queue (bounded crash retries are the policy's call)."""
+        """Put a done (or cancelled) unit back in the queue (bounded crash retries are the policy's
+        call). ConflictError when it is queued or leased."""
 
     @abc.abstractmethod
     def lease_unit(
         self, volunteer_id: str, owner: str, hardware_class: str, lease_duration_s: float, slot: int = 0
     ) -> tuple[WorkUnit, Lease] | None:
         """Atomically expire stale leases, then lease the first eligible queued unit of the class
-        (kind rank, then priority high to low, then oldest), or return None."""
+        (kind rank, then priority high to low, then oldest), or return None. The volunteer must be
+        a known (NotFoundError), unrevoked volunteer-role principal (PermissionDeniedError) whose
+        owner is `owner` (InvalidValueError)."""
 
     @abc.abstractmethod
     def get_lease(self, lease_id: str) -> Lease: ...
@@ -208,7 +243,8 @@ class Store(abc.ABC):
         self, lease_id: str, volunteer_id: str, metrics: RunMetrics, score: NormalizedScore, result_id: str
     ) -> tuple[ResultRecord, bool]:
         """Store the result of a lease; mark lease reported and unit done. Idempotent: a second
-        report of the same lease returns (stored record, True) and changes nothing."""
+        report of the same lease returns (stored record, True) and changes nothing (result_id of
+        the retry is ignored). A result_id already used by another lease raises DuplicateError."""
 
     @abc.abstractmethod
     def get_result(self, result_id: str) -> ResultRecord: ...
@@ -235,10 +271,13 @@ class Store(abc.ABC):
     def list_class_stats(self, commit: str = "") -> list[ClassStats]: ...
 
     @abc.abstractmethod
-    def add_merge(self, merge: MergeRecord) -> MergeRecord: ...
+    def add_merge(self, merge: MergeRecord) -> MergeRecord:
+        """Record a merge (merged_s set by the store); DuplicateError when the commit is known.
+        The hypothesis need not exist: the branch is the record of what was merged."""
 
     @abc.abstractmethod
-    def mark_reverted(self, commit: str, reverted_by: str, reason: str) -> MergeRecord: ...
+    def mark_reverted(self, commit: str, reverted_by: str, reason: str) -> MergeRecord:
+        """ConflictError when the merge was already reverted."""
 
     @abc.abstractmethod
     def list_merges(self, limit: int = 100) -> list[MergeRecord]:
@@ -247,8 +286,6 @@ class Store(abc.ABC):
 
 def validate_texts(fields: Mapping[str, tuple[str, int]]) -> None:
     """Raise PayloadTooLargeError for the first field over its byte limit (shared by backends)."""
-    from coordinator.store.errors import PayloadTooLargeError
-
     for name, (value, limit) in fields.items():
         if len(value.encode("utf-8")) > limit:
             raise PayloadTooLargeError(f"{name} is {len(value.encode('utf-8'))} bytes; the limit is {limit}")
@@ -256,13 +293,279 @@ def validate_texts(fields: Mapping[str, tuple[str, int]]) -> None:
 
 def validate_numbers(values: Mapping[str, float]) -> None:
     """Raise InvalidValueError for the first non-finite number (shared by backends)."""
-    import math
-
-    from coordinator.store.errors import InvalidValueError
-
     for name, value in values.items():
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise InvalidValueError(f"{name} must be a finite number, got {value!r}")
+
+
+# -- shared by backends: checks of whole records, and the row codec ------------------------------
+# Both backends call these before they touch their storage, so both refuse the same input with
+# the same error (invariants 2 and 7).
+
+
+def check_text(name: str, value: object, limit: int = MAX_SHORT_TEXT_BYTES, *, required: bool = False) -> str:
+    """A str within `limit` bytes (non-empty when required)."""
+    if not isinstance(value, str):
+        raise InvalidValueError(f"{name} must be a string, got {type(value).__name__}")
+    if required and not value:
+        raise InvalidValueError(f"{name} is required")
+    validate_texts({name: (value, limit)})
+    return value
+
+
+def check_count(name: str, value: object, minimum: int = 0) -> int:
+    """An int (not a bool) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise InvalidValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    """A finite number above zero (durations)."""
+    validate_numbers({name: value})  # type: ignore[dict-item]
+    if value <= 0:  # type: ignore[operator]
+        raise InvalidValueError(f"{name} must be positive, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_enum(enum_type: type[_E], name: str, value: object) -> _E:
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum_type)  # type: ignore[attr-defined]
+        raise InvalidValueError(f"{name} must be one of {allowed}; got {value!r}") from None
+
+
+def check_strings(name: str, values: object, limit: int = MAX_SHORT_TEXT_BYTES) -> tuple[str, ...]:
+    """A list of short strings, at most MAX_LIST_ENTRIES of them."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise InvalidValueError(f"{name} must be a list of strings")
+    items = tuple(values)
+    if len(items) > MAX_LIST_ENTRIES:
+        raise PayloadTooLargeError(f"{name} has {len(items)} entries; the limit is {MAX_LIST_ENTRIES}")
+    for index, item in enumerate(items):
+        check_text(f"{name}[{index}]", item, limit)
+    return items
+
+
+def check_mapping(
+    name: str, mapping: object, max_entries: int = MAX_LIST_ENTRIES, *, numeric: bool = False
+) -> dict[str, object]:
+    """A str -> str (or str -> finite number) mapping of short entries."""
+    if not isinstance(mapping, Mapping):
+        raise InvalidValueError(f"{name} must be a mapping")
+    if len(mapping) > max_entries:
+        raise PayloadTooLargeError(f"{name} has {len(mapping)} entries; the limit is {max_entries}")
+    for key, value in mapping.items():
+        check_text(f"{name} key", key, required=True)
+        if numeric:
+            validate_numbers({f"{name}[{key}]": value})
+        else:
+            check_text(f"{name}[{key}]", value)
+    return dict(mapping)
+
+
+def check_json(name: str, value: object, limit: int) -> str:
+    """Text within `limit` bytes that parses as JSON (empty is allowed: it means none)."""
+    text = check_text(name, value, limit)
+    if text:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise InvalidValueError(f"{name} is not valid JSON: {exc}") from None
+    return text
+
+
+def check_limit(limit: object) -> int:
+    return check_count("limit", limit, minimum=1)
+
+
+def check_hypothesis(hypothesis: Hypothesis) -> Hypothesis:
+    """Every field of a new hypothesis within its limits; enums coerced from their values."""
+    check_text("hypothesis_id", hypothesis.hypothesis_id, required=True)
+    check_text("title", hypothesis.title, MAX_TITLE_BYTES)
+    check_text("rationale", hypothesis.rationale, MAX_RATIONALE_BYTES)
+    check_text("patch", hypothesis.patch, MAX_PATCH_BYTES)
+    check_text("base_commit", hypothesis.base_commit)
+    check_text("proposer_id", hypothesis.proposer_id)
+    check_text("fingerprint", hypothesis.fingerprint, required=True)
+    check_text("state_reason", hypothesis.state_reason, MAX_REASON_BYTES)
+    check_text("merged_commit", hypothesis.merged_commit)
+    validate_numbers({"priority": hypothesis.priority})
+    return dataclasses.replace(
+        hypothesis,
+        source=check_enum(HypothesisSource, "source", hypothesis.source),
+        state=check_enum(HypothesisState, "state", hypothesis.state),
+        constant_changes=check_mapping("constant_changes", hypothesis.constant_changes),
+        touched_classes=check_strings("touched_classes", hypothesis.touched_classes),
+    )
+
+
+def check_unit(unit: WorkUnit) -> WorkUnit:
+    """Every field of a new unit within its limits; it must be a fresh queued unit."""
+    check_text("unit_id", unit.unit_id, required=True)
+    check_text("hardware_class", unit.hardware_class, required=True)
+    check_text("base_commit", unit.base_commit)
+    check_text("train_py", unit.train_py, MAX_TRAIN_PY_BYTES, required=True)
+    check_json("profiles_json", unit.profiles_json, MAX_PROFILES_BYTES)
+    check_text("hypothesis_id", unit.hypothesis_id)
+    validate_numbers({"priority": unit.priority})
+    if check_enum(UnitState, "state", unit.state) != UnitState.QUEUED or unit.attempts != 0:
+        raise InvalidValueError("a new unit must be queued with no attempts")
+    return dataclasses.replace(
+        unit,
+        kind=check_enum(UnitKind, "kind", unit.kind),
+        excluded_volunteers=check_strings("excluded_volunteers", unit.excluded_volunteers),
+        excluded_owners=check_strings("excluded_owners", unit.excluded_owners),
+    )
+
+
+def check_metrics(metrics: RunMetrics) -> RunMetrics:
+    """Finite, non-negative numbers and bounded texts (invariant 7)."""
+    numbers = metrics.numbers()
+    validate_numbers(numbers)
+    for name, value in numbers.items():
+        if value < 0:
+            raise InvalidValueError(f"{name} must not be negative, got {value!r}")
+    check_count("num_steps", metrics.num_steps)
+    check_count("total_tokens", metrics.total_tokens)
+    check_text("attention_backend", metrics.attention_backend)
+    check_text("tokenizer_hash", metrics.tokenizer_hash)
+    check_text("data_manifest_id", metrics.data_manifest_id)
+    check_text("log_tail", metrics.log_tail, MAX_LOG_TAIL_BYTES)
+    check_text("error", metrics.error, MAX_ERROR_BYTES)
+    return dataclasses.replace(
+        metrics,
+        status=check_enum(RunStatus, "status", metrics.status),
+        environment=check_mapping("environment", metrics.environment, MAX_ENVIRONMENT_ENTRIES),
+    )
+
+
+def check_score(score: NormalizedScore) -> NormalizedScore:
+    validate_numbers(
+        {
+            "baseline_val_bpb": score.baseline_val_bpb,
+            "delta_bpb": score.delta_bpb,
+            "delta_percent": score.delta_percent,
+            "delta_sigma": score.delta_sigma,
+            "class_sigma": score.class_sigma,
+        }
+    )
+    check_count("baseline_samples", score.baseline_samples)
+    return dataclasses.replace(score, has_baseline=bool(score.has_baseline))
+
+
+def check_class_stats(stats: ClassStats) -> ClassStats:
+    check_text("hardware_class", stats.hardware_class, required=True)
+    check_text("commit", stats.commit, required=True)
+    check_count("samples", stats.samples)
+    validate_numbers({"mean_val_bpb": stats.mean_val_bpb, "sigma": stats.sigma})
+    if stats.sigma < 0:
+        raise InvalidValueError(f"sigma must not be negative, got {stats.sigma!r}")
+    return stats
+
+
+def check_merge(merge: MergeRecord) -> MergeRecord:
+    check_text("commit", merge.commit, required=True)
+    check_text("parent_commit", merge.parent_commit)
+    check_text("hypothesis_id", merge.hypothesis_id)
+    check_text("title", merge.title, MAX_TITLE_BYTES)
+    check_text("reverted_by", merge.reverted_by)
+    check_text("revert_reason", merge.revert_reason, MAX_REASON_BYTES)
+    deltas = check_mapping("delta_bpb_by_class", merge.delta_bpb_by_class, numeric=True)
+    return dataclasses.replace(merge, delta_bpb_by_class={k: float(v) for k, v in deltas.items()})  # type: ignore[arg-type]
+
+
+def check_result_filter(result_filter: ResultFilter | None) -> ResultFilter:
+    result_filter = result_filter or ResultFilter()
+    validate_numbers({"since_s": result_filter.since_s})
+    return dataclasses.replace(
+        result_filter,
+        status=None if result_filter.status is None else check_enum(RunStatus, "status", result_filter.status),
+        kind=None if result_filter.kind is None else check_enum(UnitKind, "kind", result_filter.kind),
+    )
+
+
+def result_matches(record: ResultRecord, result_filter: ResultFilter) -> bool:
+    """The filter's meaning, for backends that filter in Python (empty fields match everything)."""
+    f = result_filter
+    return (
+        (not f.hardware_class or record.hardware_class == f.hardware_class)
+        and (f.status is None or record.metrics.status == f.status)
+        and record.reported_s >= f.since_s
+        and (not f.hypothesis_id or record.hypothesis_id == f.hypothesis_id)
+        and (not f.volunteer_id or record.volunteer_id == f.volunteer_id)
+        and (not f.base_commit or record.base_commit == f.base_commit)
+        and (f.kind is None or record.kind == f.kind)
+        and (not f.counting_only or record.counts)
+    )
+
+
+# Row codec: a record <-> a flat mapping of its field names to str/int/float, nested values
+# (mappings, tuples, RunMetrics, NormalizedScore) as compact JSON text. SQLite stores the rows as
+# columns; Redis as hash fields (every value read back as text, so decoding also parses text).
+
+RowValue = str | int | float
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.cache
+def _field_types(record_type: type) -> dict[str, object]:
+    return typing.get_type_hints(record_type)
+
+
+def record_to_row(record: object) -> dict[str, RowValue]:
+    row: dict[str, RowValue] = {}
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = _plain(getattr(record, f.name))
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        elif isinstance(value, bool):
+            value = int(value)
+        row[f.name] = value  # type: ignore[assignment]
+    return row
+
+
+def _revive(hint: object, value: object) -> object:
+    if hint is str:
+        return value if isinstance(value, str) else str(value)
+    if hint is bool:
+        return value in (True, 1, "1", "true", "True")
+    if hint is int:
+        return int(value)  # type: ignore[call-overload]
+    if hint is float:
+        return float(value)  # type: ignore[arg-type]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    data = json.loads(value) if isinstance(value, str | bytes) else value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return record_from_row(hint, data)  # type: ignore[arg-type]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return tuple(_revive(args[0], item) for item in data)  # type: ignore[union-attr]
+    if origin in (Mapping, dict):
+        return {str(k): _revive(args[1], v) for k, v in data.items()}  # type: ignore[union-attr]
+    raise TypeError(f"no codec for {hint!r}")
+
+
+def record_from_row(record_type: type[_R], row: Mapping[str, object]) -> _R:
+    """Build a record from a row; keys that are not fields (seq, kind_rank, ...) are ignored."""
+    hints = _field_types(record_type)
+    present = set(row.keys())  # also a sqlite3.Row, whose `in` tests values, not names
+    return record_type(**{name: _revive(hint, row[name]) for name, hint in hints.items() if name in present})
 
 
 def open_store(url: str) -> Store:
@@ -277,4 +580,27 @@ def open_store(url: str) -> Store:
     return SqliteStore(path)
 
 
-__all__: Sequence[str] = ["Store", "open_store", "validate_texts", "validate_numbers"]
+__all__: Sequence[str] = [
+    "Store",
+    "open_store",
+    "validate_texts",
+    "validate_numbers",
+    "check_text",
+    "check_count",
+    "check_positive",
+    "check_enum",
+    "check_strings",
+    "check_mapping",
+    "check_json",
+    "check_limit",
+    "check_hypothesis",
+    "check_unit",
+    "check_metrics",
+    "check_score",
+    "check_class_stats",
+    "check_merge",
+    "check_result_filter",
+    "result_matches",
+    "record_to_row",
+    "record_from_row",
+]

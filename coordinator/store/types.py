@@ -21,7 +21,11 @@ MAX_PROFILES_BYTES = 100_000
 MAX_LOG_TAIL_BYTES = 16_000
 MAX_ERROR_BYTES = 2_000
 MAX_ENVIRONMENT_ENTRIES = 64
-MAX_SHORT_TEXT_BYTES = 200  # ids, names, class names, hashes, reasons
+MAX_LIST_ENTRIES = 64  # excluded volunteers/owners, touched classes, constant changes, per-class deltas
+MAX_SHORT_TEXT_BYTES = 200  # ids, names, class names, hashes, commits
+MAX_REASON_BYTES = 2_000  # state, revocation, release and revert reasons (may quote an error)
+MAX_HARDWARE_JSON_BYTES = 16_000
+MAX_META_VALUE_BYTES = 400_000
 
 
 class Role(enum.StrEnum):
@@ -175,6 +179,8 @@ class Lease:
     progress_fraction: float = 0.0
     progress_loss: float = 0.0
     heartbeat_s: float = 0.0
+    ended_s: float = 0.0  # when it stopped being active (reported, expired, released); 0 while active
+    end_reason: str = ""
 
 
 @dataclass(frozen=True)
