@@ -379,19 +379,14 @@ def _strip_level(patch: str) -> int:
 def _describe_summary(line: str) -> str:
     """`git apply --summary` lines ("create mode 100644 x", "rename a => b (90%)") in words."""
     words = line.split()
-    verb = {
-        "create": "creates",
-        "delete": "deletes",
-        "rename": "renames",
-        "copy": "copies",
-        "mode": "changes the mode of",
-    }
-    if words and words[0] == "mode":
+    if not words:
+        return line
+    if words[0] == "mode":  # "mode change 100644 => 100755 path"
         return f"changes the mode of {words[-1]}"
-    if words and words[0] in ("create", "delete"):
-        return f"{verb[words[0]]} {words[-1]}"
-    if words and words[0] in verb:
-        return f"{verb[words[0]]} {' '.join(words[1:])}"
+    if words[0] in ("create", "delete"):  # "create mode 100644 path" (or "create path")
+        return f"{words[0]}s {words[-1]}"
+    if words[0] in ("rename", "copy"):  # "rename a => b (100%)"
+        return f"{'renames' if words[0] == 'rename' else 'copies'} {' '.join(words[1:])}"
     return line
 
 
@@ -433,12 +428,12 @@ class GlobalBranch:
             if repo_dir.exists() and any(repo_dir.iterdir()):
                 raise BranchError(f"{repo_dir} exists, is not empty and is not a git repository")
             _init_repository(repo_dir, branch)
-        self = cls(repo_dir, branch)
-        if self._read_ref() is None:
+        opened = cls(repo_dir, branch)
+        if opened._read_ref() is None:
             if not initial_files:
                 raise BranchError(f"branch {branch} does not exist and no initial files were given")
-            self._create_branch(initial_files)
-        return self
+            opened._create_branch(initial_files)
+        return opened
 
     @classmethod
     def restore(cls, bundle_path: Path, repo_dir: Path, branch: str = DEFAULT_BRANCH) -> GlobalBranch:
