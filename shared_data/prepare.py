@@ -12,6 +12,8 @@ Layout under the cache root (see `cache.py`), one folder per manifest:
 `load_prepared` never downloads or trains: it re-hashes every data file and the tokenizer
 against the record and raises `DataNotReadyError` (saying what to run) when anything is missing
 or differs, so a run never trains or evaluates on data other than what was verified.
+Concurrent `prepare` calls on one cache folder take turns (an advisory file lock on POSIX); all
+files are written to a temporary name and renamed into place, so readers never see torn files.
 
     python -m shared_data.prepare --dataset pydoc
 """
@@ -19,6 +21,7 @@ or differs, so a run never trains or evaluates on data other than what was verif
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -33,6 +36,7 @@ from shared_data.manifests import Manifest, get_manifest, list_manifests, pydoc_
 from shared_data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
 RECORD_FILE = "prepared.json"
+LOCK_FILE = ".prepare.lock"
 RECORD_FORMAT = 1
 HOLDOUT_FILES = {"train": "holdout-train.parquet", "val": "holdout-val.parquet"}
 HOLDOUT_ROW_GROUP = 1024  # rows per row group in the derived split files
@@ -243,6 +247,34 @@ def prepare_manifest(manifest: Manifest, cache_dir: Path | str | None = None, *,
         return _load_record(manifest, root)
     except DataNotReadyError:
         pass  # (re)build below; whatever is still valid on disk is reused
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / LOCK_FILE):
+        try:  # another process may have finished while we waited for the lock
+            return _load_record(manifest, root)
+        except DataNotReadyError:
+            return _build(manifest, root, base_url=base_url, progress=progress, workers=workers, retries=retries,
+                          backoff_s=backoff_s)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Serialize preparation of one dataset folder across processes (POSIX advisory lock; elsewhere
+    a no-op, and concurrent prepares stay safe only through atomic renames)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(manifest: Manifest, root: Path, *, base_url: str | None, progress: bool, workers: int, retries: int,
+           backoff_s: float) -> PreparedData:
     started = time.perf_counter()
     data_dir = root / "data"
     data_dir.mkdir(parents=True, exist_ok=True)

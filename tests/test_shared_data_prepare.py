@@ -152,3 +152,14 @@ def test_cli_prepares_and_verifies(tmp_path):
     assert lines["vocab_size"].strip() == "1024"
     verify = subprocess.run([*cmd, "--verify"], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and "tokenizer_hash" in verify.stdout
+
+
+def test_concurrent_prepares_agree(tmp_path):
+    code = ("import sys; from shared_data.prepare import prepare; "
+            "print(prepare('pydoc', sys.argv[1], progress=False).content_id)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    ids = {out.strip() for out, _ in outputs}
+    assert ids == {load_prepared("pydoc", tmp_path).content_id}
