@@ -12,7 +12,8 @@ datasets, whose real checksums could not be computed where this code was written
 `manifests.py`) the first complete download of a file is trusted and its size and sha256 are
 recorded in `download-lock.json` in the destination folder; from then on that record is the
 expectation, so a file that changes later (corruption, or different bytes served under the same
-URL) is detected. A file that fails its checksum is deleted and fetched once more from scratch;
+URL) is detected. (A file already in place with no record, say copied in by hand, is hashed and
+recorded the same way.) A file that fails its checksum is deleted and fetched once more from scratch;
 if the second copy also differs, `ChecksumMismatchError` is raised and nothing is left under the
 final name.
 

@@ -265,8 +265,8 @@ def _pydoc_manifest() -> Manifest:
         files=files,
         vocab_size=PYDOC_VOCAB_SIZE,
         text_column="text",
-        tokenizer_max_chars=10_000_000,  # the whole train split
-        tokenizer_doc_chars=PYDOC_MAX_DOC_CHARS * 10,
+        tokenizer_max_chars=10_000_000,  # the whole train split,
+        tokenizer_doc_chars=100_000,  # documents uncut
         description="English prose from the running interpreter's pydoc_data.topics; offline.",
     )
 

@@ -117,7 +117,12 @@ class Tokenizer:
         return self._enc.decode(ids)
 
     def token_byte_lengths(self) -> list[int]:
-        """Bytes each token stands for; 0 for special tokens (they are not text)."""
+        """Bytes each token stands for; 0 for special tokens (they are not text).
+
+        The raw length of the token's bytes, so the lengths of a text's tokens sum to exactly its
+        UTF-8 length. (Upstream measures the decoded string instead, which counts a token holding
+        part of a multi-byte character as U+FFFD, 3 bytes.)
+        """
         lengths = [len(self._enc.decode_single_token_bytes(i)) for i in range(self.num_mergeable)]
         return lengths + [0] * len(self.special_tokens)
 
