@@ -92,6 +92,7 @@ class BestFitPacker:
         self._docs: list[list[int]] = []
         self._source = self._epoch_documents(self.epoch)
         self._empty_passes = 0
+        self.rows_in_first_epoch = 0  # rows completed before pass 2 began
 
     def _refill(self) -> None:
         """Top the buffer up from the current pass; start the next pass only once the buffer is empty."""
@@ -103,6 +104,8 @@ class BestFitPacker:
                 self._empty_passes += 1
                 if self._empty_passes > 1:
                     raise ValueError("the split has no documents")
+                if self.epoch == 1:
+                    self.rows_in_first_epoch = self.stats.rows
                 self.epoch += 1
                 self._source = self._epoch_documents(self.epoch)
                 continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -65,6 +66,10 @@ def evaluate_bpb(model: torch.nn.Module, prepared: PreparedData, tokenizer: Toke
                 bytes_per_step.append(nbytes.sum())
     finally:
         model.train(was_training)
+    if loader.packer.epoch > 1:  # said once per evaluation, so a small val split is never silent
+        print(f"evaluate_bpb: eval_tokens {eval_tokens} exceed one pass of the {prepared.manifest.name} val split "
+              f"at seq_len {seq_len}; {loader.stats.rows - loader.packer.rows_in_first_epoch} of "
+              f"{loader.stats.rows} rows repeat documents", file=sys.stderr, flush=True)
     # one transfer at the end; float64 on the host (MPS has no float64)
     total_nats = torch.stack(nats_per_step).cpu().double().sum().item()
     total_bytes = int(torch.stack(bytes_per_step).cpu().sum().item())

@@ -75,16 +75,17 @@ def test_hand_computed_bpb(prepared, tokenizer):
     assert len(model.calls) == 1 and not training and not grad
 
 
-def test_two_d_losses_and_multiple_steps(prepared, tokenizer):
+def test_two_d_losses_and_multiple_steps(prepared, tokenizer, capfd):
     bos = tokenizer.bos_token_id
     model = TableLossModel(tokenizer.vocab_size, {AB: 0.5, X: 1.0, Y: 1.5, bos: 3.0}, shape_2d=True)
     # eval_tokens // (batch * seq) = 3 steps, each one row of the (repeating) val pass
     bpb = evaluate_bpb(model, prepared, tokenizer, batch_size=1, seq_len=6, eval_tokens=20, device="cpu")
     assert len(model.calls) == 3
     assert bpb == pytest.approx(4.5 / (7 * math.log(2)), rel=1e-6)
+    assert "exceed one pass of the hand val split" in capfd.readouterr().err  # wrapping is never silent
 
 
-def test_restores_train_mode_and_uses_autocast(prepared, tokenizer):
+def test_restores_train_mode_and_uses_autocast(prepared, tokenizer, capfd):
     model = TableLossModel(tokenizer.vocab_size, {AB: 0.5, X: 1.0, Y: 1.5, tokenizer.bos_token_id: 0.0})
     entered = []
 
@@ -99,6 +100,7 @@ def test_restores_train_mode_and_uses_autocast(prepared, tokenizer):
     evaluate_bpb(model, prepared, tokenizer, batch_size=1, seq_len=6, eval_tokens=6, device="cpu",
                  autocast=Recorder)
     assert model.training and entered == [True]
+    assert "exceed" not in capfd.readouterr().err  # one row fits in one pass
     model.eval()
     evaluate_bpb(model, prepared, tokenizer, batch_size=1, seq_len=6, eval_tokens=6, device="cpu")
     assert not model.training
