@@ -77,6 +77,8 @@ def test_resolve_token_precedence(tmp_path: Path):
     assert queries.resolve_token("flag", None, env) == "flag"
     assert queries.resolve_token(None, token_file, env) == "from-file"
     assert queries.resolve_token(None, None, env) == "from-env"
+    assert queries.resolve_token(None, None, {"AUTOSWARM_TOKEN_FILE": str(token_file)}) == "from-file"
+    assert queries.resolve_token(None, None, {**env, "AUTOSWARM_TOKEN_FILE": str(token_file)}) == "from-env"
     with pytest.raises(queries.UsageError, match="not both"):
         queries.resolve_token("flag", token_file, env)
     with pytest.raises(queries.UsageError, match="no token"):

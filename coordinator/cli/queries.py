@@ -1,10 +1,10 @@
 """`autoswarm leaderboard | status | results | history | best | propose`: the swarm seen from outside.
 
 Every command talks to one coordinator (`--coordinator HOST:PORT`, default $AUTOSWARM_COORDINATOR
-or 127.0.0.1:50051) with a token (`--token`, `--token-file`, or $AUTOSWARM_TOKEN; `--tls-ca` or
-$AUTOSWARM_TLS_CA for TLS). People get tables; `--json` prints one JSON document on stdout whose
-shape is stable (see coordinator/cli/formatting.py and program.md): fields are only ever added, and
-its "schema" key names the shape and version.
+or 127.0.0.1:50051) with a token (`--token`, `--token-file`, $AUTOSWARM_TOKEN or
+$AUTOSWARM_TOKEN_FILE) and, for TLS, `--tls-ca` or $AUTOSWARM_TLS_CA. People get tables; `--json`
+prints one JSON document on stdout whose shape is stable (see coordinator/cli/formatting.py and
+program.md): fields are only ever added, and its "schema" key names the shape and version.
 
 Exit codes: 0 done; 1 the coordinator refused or could not be reached (with `--json`, stdout holds
 `{"schema": "autoswarm.error/v1", "error": {"type": ..., "message": ...}}`); 2 bad usage;
@@ -63,20 +63,25 @@ class WaitTimeout(TimeoutError):
 
 
 def resolve_token(token: str | None, token_file: Path | None, environ: Mapping[str, str]) -> str:
-    """--token, else --token-file, else $AUTOSWARM_TOKEN. Every query RPC needs one."""
+    """--token, else --token-file, else $AUTOSWARM_TOKEN, else $AUTOSWARM_TOKEN_FILE. Every query
+    RPC needs one."""
     if token and token_file:
         raise UsageError("give either --token or --token-file, not both")
+    if token is None and token_file is None:
+        token = environ.get("AUTOSWARM_TOKEN", "")
+        if not token.strip() and environ.get("AUTOSWARM_TOKEN_FILE"):
+            token_file = Path(environ["AUTOSWARM_TOKEN_FILE"])
     if token_file is not None:
         try:
             text = token_file.read_text().strip()
         except OSError as exc:
-            raise UsageError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+            raise UsageError(f"cannot read token file {token_file}: {exc.strerror}") from None
         if not text:
-            raise UsageError(f"--token-file {token_file} is empty")
+            raise UsageError(f"token file {token_file} is empty")
         return text
-    text = (token or environ.get("AUTOSWARM_TOKEN", "")).strip()
+    text = (token or "").strip()
     if not text:
-        raise UsageError("no token: pass --token or --token-file, or set AUTOSWARM_TOKEN")
+        raise UsageError("no token: pass --token or --token-file, or set AUTOSWARM_TOKEN or AUTOSWARM_TOKEN_FILE")
     return text
 
 
@@ -186,7 +191,8 @@ def _common_flags() -> argparse.ArgumentParser:
     group.add_argument("--coordinator", default=env("AUTOSWARM_COORDINATOR") or DEFAULT_COORDINATOR,
                        metavar="HOST:PORT", help="coordinator address (default $AUTOSWARM_COORDINATOR or %(default)s)")
     group.add_argument("--token", default=None, help="your token (default $AUTOSWARM_TOKEN)")
-    group.add_argument("--token-file", type=Path, default=None, help="read the token from this file")
+    group.add_argument("--token-file", type=Path, default=None,
+                       help="read the token from this file (default $AUTOSWARM_TOKEN_FILE)")
     group.add_argument("--tls-ca", type=Path, default=Path(env("AUTOSWARM_TLS_CA")) if env("AUTOSWARM_TLS_CA") else None,
                        help="CA certificate to verify a TLS coordinator (default $AUTOSWARM_TLS_CA)")
     group.add_argument("--timeout-s", type=float, default=30.0, help="per-call deadline (default %(default)s)")
