@@ -1,0 +1,159 @@
+"""`autoswarm coordinator ...`: serve, and the operator's commands.
+
+Operator commands talk to a running coordinator with the admin token written to the data dir on
+first start (`--admin-token-file DIR/admin.token`, or $AUTOSWARM_TOKEN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the coordinator (gRPC)")
+    env = os.environ.get
+    p.add_argument("--listen", default=env("AUTOSWARM_LISTEN", "127.0.0.1:50051"), help="HOST:PORT (port 0: any free)")
+    p.add_argument("--store", default=env("AUTOSWARM_STORE", ""), help="sqlite:///PATH or redis://HOST:PORT/DB")
+    p.add_argument("--data-dir", default=env("AUTOSWARM_DATA_DIR", "coordinator-data"), type=Path)
+    p.add_argument("--tls-cert", default=env("AUTOSWARM_TLS_CERT") or None, type=Path)
+    p.add_argument("--tls-key", default=env("AUTOSWARM_TLS_KEY") or None, type=Path)
+    p.add_argument("--invite-only", action="store_true", default=_env_bool("AUTOSWARM_INVITE_ONLY"))
+    p.add_argument("--budget-s", type=float, default=float(env("AUTOSWARM_BUDGET_S", "300")))
+    p.add_argument("--dataset", default=env("AUTOSWARM_DATASET", "climbmix"))
+    p.add_argument("--tokenizer-hash", default=env("AUTOSWARM_TOKENIZER_HASH", ""),
+                   help="pin the tokenizer (default: pinned by the first ok result)")
+    p.add_argument("--metrics-port", type=int, default=int(env("AUTOSWARM_METRICS_PORT", "0")))
+    p.add_argument("--branch", default=env("AUTOSWARM_BRANCH", "global"))
+    p.add_argument("--no-proposer", action="store_true", help="do not generate built-in hypotheses")
+    p.add_argument("--no-auto-revert", action="store_true", help="flag, but do not revert, merges a class got worse with")
+    p.add_argument("--startup-allowance-s", type=float, default=float(env("AUTOSWARM_STARTUP_ALLOWANCE_S", "120")))
+    p.add_argument("--policy-json", default=env("AUTOSWARM_POLICY_JSON", ""),
+                   help="acceptance settings overrides as JSON (see coordinator/policy/README.md)")
+    p.add_argument("--log-json", action="store_true", help="structured (JSON lines) logs")
+
+
+def _admin_parsers(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--coordinator", default=os.environ.get("AUTOSWARM_COORDINATOR", "127.0.0.1:50051"))
+        p.add_argument("--admin-token-file", type=Path, default=None)
+        p.add_argument("--tls-ca", type=Path, default=None)
+
+    p = sub.add_parser("invite", help="create an invite token for an owner")
+    common(p)
+    p.add_argument("--owner", required=True)
+    p.add_argument("--max-uses", type=int, default=1)
+    p.add_argument("--ttl-s", type=float, default=0.0)
+    p = sub.add_parser("token", help="create a proposer or admin token")
+    common(p)
+    p.add_argument("--role", choices=["proposer", "admin"], default="proposer")
+    p.add_argument("--name", required=True)
+    p.add_argument("--owner", default="")
+    p = sub.add_parser("revoke-volunteer", help="revoke one volunteer; its results stop counting")
+    common(p)
+    p.add_argument("volunteer_id")
+    p.add_argument("--reason", default="revoked by operator")
+    p = sub.add_parser("revoke-owner", help="revoke every volunteer of an owner")
+    common(p)
+    p.add_argument("owner")
+    p.add_argument("--reason", default="revoked by operator")
+    p = sub.add_parser("rotate-key", help="rotate the signing key (volunteers follow via endorsement)")
+    common(p)
+    p.add_argument("--transition-s", type=float, default=7 * 24 * 3600.0)
+
+
+def _configure_logging(json_logs: bool) -> None:
+    if json_logs:
+
+        class JsonFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps(
+                    {"ts": record.created, "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+                )
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _admin_client(args: argparse.Namespace) -> object:
+    from coordinator.client import CoordinatorClient
+
+    token = os.environ.get("AUTOSWARM_TOKEN", "")
+    if args.admin_token_file is not None:
+        token = Path(args.admin_token_file).read_text().strip()
+    if not token:
+        raise SystemExit("an admin token is needed: --admin-token-file DATA_DIR/admin.token or $AUTOSWARM_TOKEN")
+    return CoordinatorClient(args.coordinator, token, tls_ca=args.tls_ca)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autoswarm coordinator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _admin_parsers(sub)
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        from coordinator.server import ServerOptions, serve
+        from coordinator.service.core import SwarmConfig
+
+        _configure_logging(args.log_json)
+        swarm = SwarmConfig(
+            budget_s=args.budget_s,
+            dataset=args.dataset,
+            tokenizer_hash=args.tokenizer_hash,
+            heartbeat_interval_s=min(60.0, max(1.0, args.budget_s / 5)),
+            startup_allowance_s=args.startup_allowance_s,
+            invite_only=args.invite_only,
+            auto_revert=not args.no_auto_revert,
+            proposer_enabled=not args.no_proposer,
+            policy_overrides=json.loads(args.policy_json) if args.policy_json else {},
+        )
+        options = ServerOptions(
+            listen=args.listen,
+            store_url=args.store,
+            data_dir=args.data_dir,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            metrics_port=args.metrics_port,
+            branch_name=args.branch,
+            swarm=swarm,
+        )
+        serve(options)
+        return 0
+
+    from autoswarm.v1 import swarm_pb2 as pb
+
+    client = _admin_client(args)
+    if args.command == "invite":
+        print(client.create_invite(args.owner, args.max_uses, args.ttl_s))  # type: ignore[attr-defined]
+    elif args.command == "token":
+        role = pb.ROLE_ADMIN if args.role == "admin" else pb.ROLE_PROPOSER
+        response = client.create_token(role, args.name, args.owner)  # type: ignore[attr-defined]
+        print(json.dumps({"principal_id": response.principal_id, "token": response.token}))
+    elif args.command == "revoke-volunteer":
+        response = client.revoke_volunteer(args.volunteer_id, args.reason)  # type: ignore[attr-defined]
+        print(f"revoked {args.volunteer_id}; {response.results_discounted} result(s) no longer count")
+    elif args.command == "revoke-owner":
+        response = client.revoke_owner(args.owner, args.reason)  # type: ignore[attr-defined]
+        print(f"revoked {response.volunteers_revoked} volunteer(s) of {args.owner}; "
+              f"{response.results_discounted} result(s) no longer count")
+    elif args.command == "rotate-key":
+        response = client.rotate_key(args.transition_s)  # type: ignore[attr-defined]
+        print(f"new key {response.new_public_key.hex()} (previous {response.previous_public_key.hex()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,197 @@
+"""The coordinator process: store + global branch + signing key + gRPC server (asyncio).
+
+    autoswarm coordinator serve --listen 127.0.0.1:50051 --store sqlite:///DIR/state.sqlite --data-dir DIR
+
+On start it opens (or creates) the data dir: the signing key (signing/current.pem, 0600), the
+global branch (branch.git), and an admin token (admin.token, 0600) the first time. It reconciles
+store and branch, then serves until SIGINT/SIGTERM, finishing in-flight RPCs before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from autoswarm.v1 import swarm_pb2_grpc as pb_grpc
+from coordinator.branch import GlobalBranch
+from coordinator.service.auth import AuthInterceptor, PrincipalCache, hash_token, new_token
+from coordinator.service.core import CoordinatorCore, SwarmConfig
+from coordinator.service.servicer import AdminServicer, Blocking, CoordinatorServicer
+from coordinator.service.signing import SigningKeys
+from coordinator.store.base import Store, open_store
+from coordinator.store.types import Role
+
+log = logging.getLogger("autoswarm.coordinator")
+
+ADMIN_TOKEN_FILE = "admin.token"
+BRANCH_DIR = "branch.git"
+READY_FILE = "coordinator.json"  # written once serving: {"address": ..., "pid": ...}
+MAINTENANCE_INTERVAL_S = 5.0  # lease expiry and queue top-up
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class ServerOptions:
+    listen: str = "127.0.0.1:50051"
+    store_url: str = ""
+    data_dir: Path = Path("coordinator-data")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_port: int = 0
+    branch_name: str = "global"
+    mirror_url: str = ""
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
+
+
+def initial_branch_files() -> dict[str, str]:
+    """The trainer's train.py and profiles.json shipped with this package: the branch's root commit."""
+    trainer_dir = Path(__file__).resolve().parent.parent / "trainer"
+    return {
+        "train.py": (trainer_dir / "train.py").read_text(),
+        "profiles.json": (trainer_dir / "profiles.json").read_text(),
+    }
+
+
+def classify_fingerprint(hardware: dict[str, Any], requested_class: str) -> str:
+    """Class of a volunteer from its fingerprint; a requested class must exist and fit the device type."""
+    from trainer.hardware import DeviceInfo, classify
+    from trainer.profiles import DeviceType, load_profiles
+
+    profiles = load_profiles()
+    device_type = DeviceType(hardware.get("device_type") or "cpu")
+    if requested_class and requested_class != "auto":
+        if requested_class not in profiles:
+            from coordinator.store.errors import InvalidValueError
+
+            raise InvalidValueError(f"unknown hardware class {requested_class!r}; known: {', '.join(profiles.names())}")
+        return requested_class
+    capability = hardware.get("compute_capability") or ""
+    info = DeviceInfo(
+        device_type=device_type,
+        name=hardware.get("device_name", ""),
+        memory_gib=int(hardware.get("memory_bytes", 0) or 0) / 2**30,
+        compute_capability=tuple(int(x) for x in capability.split(".")) if capability else None,  # type: ignore[arg-type]
+    )
+    return classify(info, profiles).name
+
+
+def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
+    """Create an admin principal on first start and write its token (0600); None if one exists."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return None
+    token = new_token()
+    store.create_principal(Role.ADMIN, owner="operator", display_name="operator", token_hash=hash_token(token))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+class CoordinatorServer:
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        data_dir = Path(options.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store_url = options.store_url or f"sqlite:///{data_dir / 'state.sqlite'}"
+        self.store = open_store(store_url)
+        self.branch = GlobalBranch.open(data_dir / BRANCH_DIR, options.branch_name, initial_branch_files())
+        self.signer = SigningKeys.load_or_create(data_dir)
+        swarm = options.swarm
+        if not swarm.data_manifest_id:
+            from shared_data.manifests import get_manifest
+
+            swarm = SwarmConfig(**{**swarm.__dict__, "data_manifest_id": get_manifest(swarm.dataset).manifest_id})
+        self.core = CoordinatorCore(self.store, self.branch, self.signer, swarm)
+        ensure_admin_token(self.store, data_dir)
+        self.run_blocking = Blocking()
+        self.cache = PrincipalCache(self.store)
+        self._server: grpc.aio.Server | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        self.core.reconcile()
+        self.core.plan()
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.cache, self.run_blocking)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(self.core, self.run_blocking, self.cache, classify_fingerprint), server
+        )
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.core, self.run_blocking, self.cache), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if self.options.tls_cert and self.options.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(self.options.tls_key).read_bytes(), Path(self.options.tls_cert).read_bytes())]
+            )
+            self.port = server.add_secure_port(self.options.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(self.options.listen)
+        if self.port == 0:
+            raise RuntimeError(f"could not listen on {self.options.listen}")
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("autoswarm.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        if self.options.metrics_port:
+            from coordinator.service.metrics import serve_metrics
+
+            serve_metrics(self.options.metrics_port)
+        self._maintenance = asyncio.create_task(self._maintain())
+        host = self.options.listen.rsplit(":", 1)[0]
+        address = f"{host}:{self.port}"
+        ready = {"address": address, "pid": os.getpid(), "public_key": self.signer.public_key.hex()}
+        (Path(self.options.data_dir) / READY_FILE).write_text(json.dumps(ready))
+        log.info("listening on %s (store %s, head %s)", address, type(self.store).__name__, self.branch.head()[:10])
+        return self.port
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            try:
+                expired = await self.run_blocking(self.core.expire)
+                if expired:
+                    log.info("expired %d lease(s); their units are leasable again", len(expired))
+                await self.run_blocking(self.core.plan)
+            except Exception:
+                log.exception("maintenance failed")
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        self.run_blocking.shutdown()
+        self.store.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        print(f"listening on {self.options.listen.rsplit(':', 1)[0]}:{self.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight calls")
+        await self.stop()
+
+
+def serve(options: ServerOptions) -> None:
+    asyncio.run(CoordinatorServer(options).serve_forever())

@@ -1,0 +1,687 @@
+"""The coordinator's core: applies requests and policy decisions to the store and the global branch.
+
+The gRPC layer (servicer.py) only translates messages; the policy (coordinator/policy) only decides.
+Everything here is synchronous and safe to call from worker threads: the store is the source of
+truth for state, the branch for code, and `reconcile()` makes them agree after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from coordinator import branch as branch_mod
+from coordinator.policy import decisions
+from coordinator.policy.decisions import Judgement, UnitRequest
+from coordinator.policy.proposer import Proposer, proposals_for
+from coordinator.policy.settings import AcceptanceSettings
+from coordinator.service.errors import PreconditionError
+from coordinator.service.policy_adapter import StoreView
+from coordinator.service.signing import SigningKeys
+from coordinator.store.base import Store, validate_texts
+from coordinator.store.errors import (
+    InvalidValueError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from coordinator.store.types import (
+    MAX_PATCH_BYTES,
+    MAX_RATIONALE_BYTES,
+    MAX_SHORT_TEXT_BYTES,
+    MAX_TITLE_BYTES,
+    TERMINAL_HYPOTHESIS_STATES,
+    Hypothesis,
+    HypothesisSource,
+    HypothesisState,
+    Lease,
+    MergeRecord,
+    NormalizedScore,
+    Principal,
+    ResultRecord,
+    Role,
+    RunMetrics,
+    RunStatus,
+    UnitKind,
+    WorkUnit,
+)
+
+log = logging.getLogger("autoswarm.coordinator")
+
+META_HEAD = "head_commit"
+META_TOKENIZER_HASH = "tokenizer_hash"  # pinned by the operator, or by the first ok result
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """Settings every work unit carries; identical for every volunteer of the swarm."""
+
+    budget_s: float = 300.0
+    dataset: str = "climbmix"
+    data_manifest_id: str = ""
+    tokenizer_hash: str = ""  # empty: pinned by the first ok result
+    lease_factor: float = 3.0  # lease length = factor x budget + start-up allowance
+    startup_allowance_s: float = 120.0
+    heartbeat_interval_s: float = 60.0
+    invite_only: bool = False
+    auto_revert: bool = True
+    proposer_enabled: bool = True
+    policy_overrides: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def lease_duration_s(self) -> float:
+        return self.lease_factor * self.budget_s + self.startup_allowance_s
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    unit: WorkUnit
+    lease: Lease
+    payload: bytes  # serialized autoswarm.v1.WorkUnit
+    signature: bytes
+    key_id: str
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    record: ResultRecord
+    duplicate: bool
+    hypothesis_state: HypothesisState | None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+class CoordinatorCore:
+    def __init__(
+        self,
+        store: Store,
+        branch: branch_mod.GlobalBranch,
+        signer: SigningKeys,
+        config: SwarmConfig,
+        profiles_loader: object | None = None,
+    ) -> None:
+        self.store = store
+        self.branch = branch
+        self.signer = signer
+        self.config = config
+        self._lock = threading.RLock()  # serializes decisions (judging, merging); leases stay parallel
+        self.settings = AcceptanceSettings.from_dict(
+            {"lease_factor": config.lease_factor, **dict(config.policy_overrides)}
+        )
+        self.view = StoreView(store, branch, self.settings.online_window_s)
+        self.proposer = Proposer(seed=0)
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Make store and branch agree after a restart; returns what was fixed (for the log)."""
+        fixed: list[str] = []
+        with self._lock:
+            head = self.branch.head()
+            merged_in_store = {m.commit for m in self.store.list_merges(limit=10_000)}
+            for commit in reversed(self.branch.log(limit=10_000)):
+                hypothesis_id = _trailer(commit.trailers, "Hypothesis-Id")
+                reverts = _trailer(commit.trailers, "Reverts")
+                if hypothesis_id and not reverts and commit.sha not in merged_in_store:
+                    self.store.add_merge(
+                        MergeRecord(
+                            commit=commit.sha,
+                            parent_commit=commit.parents[0] if commit.parents else "",
+                            hypothesis_id=hypothesis_id,
+                            title=commit.title,
+                            delta_bpb_by_class=_deltas_from_trailers(commit.trailers),
+                        )
+                    )
+                    fixed.append(f"merge record for {commit.sha[:10]}")
+                if hypothesis_id and not reverts:
+                    try:
+                        hypothesis = self.store.get_hypothesis(hypothesis_id)
+                    except NotFoundError:
+                        continue
+                    if hypothesis.state != HypothesisState.MERGED and hypothesis.merged_commit != commit.sha:
+                        self.store.update_hypothesis(
+                            hypothesis_id, state=HypothesisState.MERGED, merged_commit=commit.sha,
+                            state_reason="merged (reconciled from the branch)",
+                        )
+                        fixed.append(f"hypothesis {hypothesis_id} marked merged")
+                if reverts:
+                    try:
+                        merge = next(m for m in self.store.list_merges(limit=10_000) if m.commit == reverts)
+                    except StopIteration:
+                        continue
+                    if not merge.reverted_by:
+                        self.store.mark_reverted(reverts, commit.sha, commit.title)
+                        fixed.append(f"merge {reverts[:10]} marked reverted")
+            if self.store.get_meta(META_HEAD) != head:
+                self.store.set_meta(META_HEAD, head)
+                fixed.append(f"head set to {head[:10]}")
+            if self.config.tokenizer_hash and not self.store.get_meta(META_TOKENIZER_HASH):
+                self.store.set_meta(META_TOKENIZER_HASH, self.config.tokenizer_hash)
+        for line in fixed:
+            log.info("reconciled: %s", line)
+        return fixed
+
+    # -- identity -------------------------------------------------------------------------------
+
+    def register_volunteer(
+        self,
+        hardware_json: str,
+        hardware_class: str,
+        owner: str,
+        display_name: str,
+        token_hash: str,
+        invite_token_hash: str | None,
+    ) -> Principal:
+        validate_texts(
+            {
+                "owner": (owner, MAX_SHORT_TEXT_BYTES),
+                "display_name": (display_name, MAX_SHORT_TEXT_BYTES),
+                "hardware_class": (hardware_class, MAX_SHORT_TEXT_BYTES),
+            }
+        )
+        if self.config.invite_only and not invite_token_hash:
+            raise PermissionDeniedError("this swarm is invite-only: pass --invite TOKEN")
+        if not hardware_class:
+            raise InvalidValueError("hardware class could not be determined")
+        return self.store.create_principal(
+            Role.VOLUNTEER,
+            owner=owner,
+            display_name=display_name,
+            token_hash=token_hash,
+            hardware_class=hardware_class,
+            hardware_json=hardware_json,
+            invite_token_hash=invite_token_hash,
+        )
+
+    # -- the work loop ----------------------------------------------------------------------------
+
+    def lease_work(self, principal: Principal, hardware_class: str, slot: int) -> LeaseGrant | None:
+        if hardware_class and hardware_class != principal.hardware_class:
+            raise PermissionDeniedError(
+                f"volunteer registered as {principal.hardware_class!r} cannot lease for {hardware_class!r}"
+            )
+        self.store.touch_principal(principal.principal_id)
+        granted = self.store.lease_unit(
+            principal.principal_id, principal.owner, principal.hardware_class, self.config.lease_duration_s, slot
+        )
+        if granted is None:
+            # Nothing queued for this class: let the policy top the queue up, then try once more.
+            self.view.invalidate()
+            self.plan()
+            granted = self.store.lease_unit(
+                principal.principal_id, principal.owner, principal.hardware_class, self.config.lease_duration_s, slot
+            )
+            if granted is None:
+                return None
+        unit, lease = granted
+        if unit.hypothesis_id:
+            self._advance_state(unit.hypothesis_id, HypothesisState.QUEUED, HypothesisState.LEASED)
+        payload = self._work_unit_bytes(unit, lease)
+        return LeaseGrant(unit, lease, payload, self.signer.sign(payload), self.signer.key_id)
+
+    def _work_unit_bytes(self, unit: WorkUnit, lease: Lease) -> bytes:
+        from autoswarm.v1 import swarm_pb2 as pb
+        from coordinator.service.convert import UNIT_KIND_TO_PB
+
+        message = pb.WorkUnit(
+            lease_id=lease.lease_id,
+            unit_id=unit.unit_id,
+            kind=UNIT_KIND_TO_PB[unit.kind],
+            hypothesis_id=unit.hypothesis_id,
+            hardware_class=unit.hardware_class,
+            base_commit=unit.base_commit,
+            train_py=unit.train_py,
+            profiles_json=unit.profiles_json,
+            settings=self.settings_pb(),
+            lease_deadline_unix_s=lease.deadline_s,
+            issued_unix_s=lease.issued_s,
+            volunteer_id=lease.volunteer_id,
+        )
+        return message.SerializeToString(deterministic=True)
+
+    def settings_pb(self) -> object:
+        from autoswarm.v1 import swarm_pb2 as pb
+
+        return pb.SwarmSettings(
+            budget_s=self.config.budget_s,
+            data_manifest_id=self.config.data_manifest_id,
+            dataset_name=self.config.dataset,
+            tokenizer_hash=self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash,
+            lease_duration_s=self.config.lease_duration_s,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+        )
+
+    def heartbeat(self, principal: Principal, lease_id: str, step: int, fraction: float, loss: float) -> Lease:
+        lease = self.store.extend_lease(
+            lease_id, principal.principal_id, self.config.lease_duration_s, step=step, fraction=fraction, loss=loss
+        )
+        return lease
+
+    def release(self, principal: Principal, lease_id: str, reason: str) -> None:
+        self.store.release_lease(lease_id, principal.principal_id, reason)
+
+    def report(self, principal: Principal, lease_id: str, metrics: RunMetrics) -> ReportOutcome:
+        existing = self.store.result_for_lease(lease_id)
+        if existing is not None:
+            if existing.volunteer_id != principal.principal_id:
+                raise PermissionDeniedError("that lease belongs to another volunteer")
+            return ReportOutcome(existing, True, self._state_of(existing.hypothesis_id))
+        lease = self.store.get_lease(lease_id)
+        if lease.volunteer_id != principal.principal_id:
+            raise PermissionDeniedError("that lease belongs to another volunteer")
+        self._check_pins(metrics)
+        unit = self.store.get_unit(lease.unit_id)
+        score = NormalizedScore()
+        if metrics.status == RunStatus.OK:
+            score = decisions.score_result(
+                self.view, unit.hardware_class, unit.base_commit, metrics.val_bpb, self.settings
+            )
+        record, duplicate = self.store.record_result(
+            lease_id, principal.principal_id, metrics, score, new_id("res")
+        )
+        if duplicate:
+            return ReportOutcome(record, True, self._state_of(record.hypothesis_id))
+        if metrics.status == RunStatus.OK and not self.store.get_meta(META_TOKENIZER_HASH) and metrics.tokenizer_hash:
+            self.store.compare_and_set_meta(META_TOKENIZER_HASH, None, metrics.tokenizer_hash)
+        self.after_result(record)
+        return ReportOutcome(record, False, self._state_of(record.hypothesis_id))
+
+    def _check_pins(self, metrics: RunMetrics) -> None:
+        if metrics.status != RunStatus.OK:
+            return
+        if self.config.data_manifest_id and metrics.data_manifest_id != self.config.data_manifest_id:
+            raise PreconditionError(
+                f"result was measured on data manifest {metrics.data_manifest_id!r}; "
+                f"this swarm pins {self.config.data_manifest_id!r}"
+            )
+        pinned = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
+        if pinned and metrics.tokenizer_hash != pinned:
+            raise PreconditionError(
+                f"result was measured with tokenizer {metrics.tokenizer_hash!r}; this swarm pins {pinned!r}"
+            )
+
+    def _state_of(self, hypothesis_id: str) -> HypothesisState | None:
+        if not hypothesis_id:
+            return None
+        return self.store.get_hypothesis(hypothesis_id).state
+
+    def _advance_state(self, hypothesis_id: str, expected: HypothesisState, new: HypothesisState) -> None:
+        from coordinator.store.errors import ConflictError
+
+        try:
+            self.store.update_hypothesis(hypothesis_id, state=new, expected_state=expected)
+        except ConflictError:
+            pass  # someone else moved it on; the later state wins
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def after_result(self, record: ResultRecord) -> None:
+        """Apply what the policy decides after a new result (idempotent: safe to re-run)."""
+        with self._lock:
+            if record.metrics.status != RunStatus.OK:
+                decision = decisions.after_crash(self.view, record, self.settings)
+                if decision.request is not None and decision.retry:
+                    self._enqueue(decision.request)
+                if decision.state is not None and record.hypothesis_id:
+                    self._set_state(record.hypothesis_id, decision.state, decision.reason)
+            if record.kind == UnitKind.BASELINE:
+                stats = decisions.class_stats(
+                    self.view, record.hardware_class, record.base_commit, self.settings, self.store.now()
+                )
+                self.store.put_class_stats(stats)
+                self._check_head_merge()
+            elif record.hypothesis_id:
+                self.judge(record.hypothesis_id)
+
+    def _set_state(self, hypothesis_id: str, state: HypothesisState, reason: str) -> Hypothesis:
+        hypothesis = self.store.get_hypothesis(hypothesis_id)
+        if hypothesis.state == state or hypothesis.state in TERMINAL_HYPOTHESIS_STATES:
+            return hypothesis
+        hypothesis = self.store.update_hypothesis(hypothesis_id, state=state, state_reason=reason[:200])
+        if state in TERMINAL_HYPOTHESIS_STATES:
+            self.store.cancel_units(hypothesis_id)
+        return hypothesis
+
+    def judge(self, hypothesis_id: str) -> None:
+        hypothesis = self.store.get_hypothesis(hypothesis_id)
+        if hypothesis.state in TERMINAL_HYPOTHESIS_STATES:
+            return
+        self._apply(decisions.judge(self.view, hypothesis, self.settings))
+
+    def _apply(self, judgement: Judgement) -> None:
+        for unit_id in judgement.cancel_unit_ids:
+            self._cancel_unit(unit_id)
+        hypothesis = self._set_state(judgement.hypothesis_id, judgement.state, judgement.reason)
+        if hypothesis.state in TERMINAL_HYPOTHESIS_STATES:
+            return
+        if judgement.confirmed:
+            self.merge(hypothesis, judgement)
+            return
+        for request in judgement.requests:
+            self._enqueue_for(hypothesis, request)
+
+    def _cancel_unit(self, unit_id: str) -> None:
+        cancel = getattr(self.store, "cancel_unit", None)
+        if cancel is not None:
+            try:
+                cancel(unit_id)
+            except Exception as exc:  # leased meanwhile: it finishes and is judged then
+                log.debug("unit %s not cancelled: %s", unit_id, exc)
+
+    def _enqueue_for(self, hypothesis: Hypothesis, request: UnitRequest) -> None:
+        try:
+            self._enqueue(request)
+        except branch_mod.MergeConflictError as exc:
+            self._set_state(
+                hypothesis.hypothesis_id, HypothesisState.CONFLICTED,
+                f"does not merge onto {request.base_commit[:10]}: {exc.reason}",
+            )
+        except branch_mod.AlreadyAppliedError as exc:
+            self._set_state(hypothesis.hypothesis_id, HypothesisState.SUPERSEDED, f"already on the head: {exc}")
+
+    def merge(self, hypothesis: Hypothesis, judgement: Judgement) -> None:
+        """A confirmed win lands on the head as one commit carrying its evidence."""
+        head = self.branch.head()
+        evidence = judgement.evidence
+        deltas = evidence.delta_bpb_by_class()
+        results = self.view.counting_results(hypothesis_id=hypothesis.hypothesis_id)
+        body_lines = [hypothesis.rationale.strip(), "", "Evidence:"]
+        body_lines += [f"  {line}" for line in evidence.lines()] or ["  (see trailers)"]
+        trailers: dict[str, str | list[str]] = {
+            "Hypothesis-Id": hypothesis.hypothesis_id,
+            "Proposer": hypothesis.proposer_id,
+            "Result-Id": [r.result_id for r in results if r.metrics.status == RunStatus.OK],
+        }
+        for hardware_class, delta in sorted(deltas.items()):
+            trailers["Delta-Bpb-" + branch_mod.trailer_token(hardware_class)] = f"{delta:.6f}"
+        author = self._author_of(hypothesis)
+        try:
+            commit = self.branch.commit_win(
+                hypothesis.base_commit,
+                hypothesis.patch,
+                title=hypothesis.title,
+                body="\n".join(body_lines),
+                author_name=author,
+                author_email=f"{branch_mod.trailer_token(author) or 'unknown'}@autoswarm.invalid",
+                trailers=trailers,
+                expected_head=judgement.merge_onto or head,
+            )
+        except branch_mod.MergeConflictError as exc:
+            self._set_state(hypothesis.hypothesis_id, HypothesisState.CONFLICTED, f"does not merge: {exc.reason}")
+            return
+        except branch_mod.AlreadyAppliedError as exc:
+            self._set_state(hypothesis.hypothesis_id, HypothesisState.SUPERSEDED, f"already on the head: {exc}")
+            return
+        except branch_mod.RefMovedError:
+            log.info("head moved while merging %s; it is re-verified on the new head", hypothesis.hypothesis_id)
+            return
+        self.store.add_merge(
+            MergeRecord(
+                commit=commit,
+                parent_commit=head,
+                hypothesis_id=hypothesis.hypothesis_id,
+                title=hypothesis.title,
+                delta_bpb_by_class=deltas,
+            )
+        )
+        self.store.update_hypothesis(
+            hypothesis.hypothesis_id, state=HypothesisState.MERGED, merged_commit=commit,
+            state_reason=f"merged as {commit[:10]}",
+        )
+        self.store.set_meta(META_HEAD, commit)
+        from coordinator.service.metrics import METRICS
+
+        METRICS.merges.inc()
+        log.info("merged %s as %s", hypothesis.hypothesis_id, commit[:10])
+        self.plan()
+
+    def _check_head_merge(self) -> None:
+        """After a merge, a class whose new baseline is significantly worse gets the merge reverted."""
+        head = self.branch.head()
+        merge = self.view.merge_for(head)
+        if merge is None or merge.reverted_by:
+            return
+        verdict = decisions.after_merge(self.view, merge, self.settings)
+        if not verdict.flagged:
+            return
+        reason = verdict.reason
+        log.warning("merge %s made %s worse: %s", merge.commit[:10], ", ".join(verdict.flagged), reason)
+        if not (verdict.revert and self.config.auto_revert):
+            self.store.set_meta(f"flag:{merge.commit}", reason)
+            return
+        revert_commit = self.branch.revert(
+            merge.commit, reason, trailers={"Reverts": merge.commit, "Hypothesis-Id": merge.hypothesis_id}
+        )
+        self.store.mark_reverted(merge.commit, revert_commit, reason)
+        try:
+            self.store.update_hypothesis(merge.hypothesis_id, state=HypothesisState.REVERTED, state_reason=reason[:200])
+        except NotFoundError:
+            pass
+        self.store.set_meta(META_HEAD, revert_commit)
+        from coordinator.service.metrics import METRICS
+
+        METRICS.reverts.inc()
+        self.plan()
+
+    def plan(self) -> int:
+        """One policy pass: cancel stale units, judge open hypotheses, top up baselines and
+        candidates, and let the built-in proposer keep the queue about as deep as the volunteers."""
+        with self._lock:
+            plan = decisions.plan(self.view, self.settings)
+            for unit_id in plan.cancel_unit_ids:
+                self._cancel_unit(unit_id)
+            for judgement in plan.judgements:
+                self._apply(judgement)
+            requests = [*plan.baseline_requests, *plan.candidate_requests]
+            for request in requests:
+                if request.hypothesis_id:
+                    self._enqueue_for(self.store.get_hypothesis(request.hypothesis_id), request)
+                else:
+                    self._enqueue(request)
+            if self.config.proposer_enabled:
+                self._propose()
+            return len(requests)
+
+    def _propose(self) -> None:
+        for proposal in proposals_for(self.view, self.proposer, self.settings):
+            try:
+                self.submit_hypothesis(
+                    proposer_id="builtin",
+                    title=proposal.title,
+                    rationale=proposal.rationale,
+                    patch="",
+                    base_commit="",
+                    constant_changes=proposal.literals,
+                    source=HypothesisSource.BUILTIN,
+                    priority=proposal.priority,
+                )
+            except Exception as exc:  # a bad proposal is skipped, never fatal
+                log.info("built-in proposal %r skipped: %s", proposal.title, exc)
+
+    def _enqueue(self, request: UnitRequest) -> WorkUnit:
+        files = self._files_for(request.base_commit, request.hypothesis_id)
+        unit = WorkUnit(
+            unit_id=new_id("unit"),
+            kind=request.kind,
+            hardware_class=request.hardware_class,
+            base_commit=request.base_commit,
+            train_py=files["train.py"],
+            profiles_json=files.get("profiles.json", "{}"),
+            hypothesis_id=request.hypothesis_id,
+            priority=request.priority,
+            excluded_volunteers=tuple(request.excluded_volunteers),
+            excluded_owners=tuple(request.excluded_owners),
+        )
+        return self.store.enqueue_unit(unit)
+
+    def _files_for(self, base_commit: str, hypothesis_id: str) -> dict[str, str]:
+        """The code a unit runs: the commit itself, or the hypothesis's change on that commit."""
+        if not hypothesis_id:
+            return self.branch.files_at(base_commit)
+        hypothesis = self.store.get_hypothesis(hypothesis_id)
+        if base_commit == hypothesis.base_commit:
+            return dict(self.branch.check_patch(hypothesis.base_commit, hypothesis.patch).tree_files)
+        if base_commit != self.branch.head():
+            raise InvalidValueError(f"units run on the head or the hypothesis's base, not {base_commit[:10]}")
+        return dict(self.branch.rebase_patch(hypothesis.base_commit, hypothesis.patch).tree_files)
+
+    def _author_of(self, hypothesis: Hypothesis) -> str:
+        if hypothesis.proposer_id == "builtin":
+            return "autoswarm-proposer"
+        try:
+            principal = self.store.get_principal(hypothesis.proposer_id)
+        except NotFoundError:
+            return hypothesis.proposer_id or "unknown"
+        return principal.display_name or principal.principal_id
+
+    # -- hypotheses -----------------------------------------------------------------------------
+
+    def submit_hypothesis(
+        self,
+        proposer_id: str,
+        title: str,
+        rationale: str,
+        patch: str,
+        base_commit: str,
+        constant_changes: Mapping[str, str],
+        source: HypothesisSource,
+        priority: float = 0.0,
+    ) -> Hypothesis:
+        validate_texts(
+            {
+                "title": (title, MAX_TITLE_BYTES),
+                "rationale": (rationale, MAX_RATIONALE_BYTES),
+                "patch": (patch, MAX_PATCH_BYTES),
+            }
+        )
+        if not title.strip():
+            raise InvalidValueError("a hypothesis needs a title")
+        if bool(patch.strip()) == bool(constant_changes):
+            raise InvalidValueError("give exactly one of a patch or constant changes")
+        base = self.branch.resolve(base_commit) if base_commit else self.branch.head()
+        if constant_changes:
+            patch = self._patch_for_constants(base, constant_changes)
+        return self._add_hypothesis(
+            title=title.strip(),
+            rationale=rationale,
+            patch=patch,
+            base_commit=base,
+            source=source,
+            proposer_id=proposer_id,
+            constant_changes=constant_changes,
+            priority=priority,
+        )
+
+    def _patch_for_constants(self, base: str, constant_changes: Mapping[str, str]) -> str:
+        import ast
+
+        from trainer.constants import ConstantsError, rewrite_constants
+
+        values: dict[str, object] = {}
+        for name, literal in constant_changes.items():
+            try:
+                values[name] = ast.literal_eval(literal)
+            except (ValueError, SyntaxError) as exc:
+                raise InvalidValueError(f"{name}={literal!r} is not a Python literal") from exc
+        source = self.branch.read_file(base, "train.py")
+        try:
+            new_source = rewrite_constants(source, values)
+        except ConstantsError as exc:
+            raise InvalidValueError(str(exc)) from exc
+        if new_source == source:
+            raise InvalidValueError("the constant changes do not change train.py")
+        return self.branch.diff_files(base, {"train.py": new_source})
+
+    def _add_hypothesis(
+        self,
+        *,
+        title: str,
+        rationale: str,
+        patch: str,
+        base_commit: str,
+        source: HypothesisSource,
+        proposer_id: str,
+        constant_changes: Mapping[str, str],
+        priority: float,
+    ) -> Hypothesis:
+        try:
+            check = self.branch.check_patch(base_commit, patch)
+        except branch_mod.UnknownCommitError as exc:
+            raise NotFoundError(str(exc)) from exc
+        except branch_mod.PatchError as exc:
+            raise InvalidValueError(f"patch refused: {exc}") from exc
+        fingerprint = check.fingerprint
+        touched = self._touched_classes(base_commit, check.files)
+        hypothesis = self.store.add_hypothesis(
+            Hypothesis(
+                hypothesis_id=new_id("hyp"),
+                title=title,
+                rationale=rationale,
+                patch=patch,
+                base_commit=base_commit,
+                source=source,
+                proposer_id=proposer_id,
+                fingerprint=fingerprint,
+                priority=priority,
+                constant_changes=dict(constant_changes),
+                touched_classes=touched,
+            )
+        )
+        with self._lock:
+            request = decisions.candidate_request(self.view, hypothesis, self.settings)
+            if request is not None:
+                self._enqueue_for(hypothesis, request)
+        return hypothesis
+
+    def _touched_classes(self, base_commit: str, files: Mapping[str, str]) -> tuple[str, ...]:
+        if "profiles.json" not in files:
+            return ()
+        before = json.loads(self.branch.read_file(base_commit, "profiles.json"))
+        after = json.loads(files["profiles.json"])
+        before_classes = before.get("classes", before)
+        after_classes = after.get("classes", after)
+        names = set(before_classes) | set(after_classes)
+        return tuple(sorted(n for n in names if before_classes.get(n) != after_classes.get(n)))
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def revoke_owner(self, owner: str, reason: str) -> tuple[list[str], int]:
+        revoked, discounted = self.store.revoke_owner(owner, reason)
+        self._rejudge_open()
+        return revoked, discounted
+
+    def revoke_volunteer(self, volunteer_id: str, reason: str) -> int:
+        discounted = self.store.revoke_principal(volunteer_id, reason)
+        self._rejudge_open()
+        return discounted
+
+    def _rejudge_open(self) -> None:
+        with self._lock:
+            for judgement in decisions.sweep(self.view, self.settings):
+                self._apply(judgement)
+
+    def expire(self) -> list[Lease]:
+        return self.store.expire_leases()
+
+
+def _trailer(trailers: Mapping[str, object], key: str) -> str:
+    value = trailers.get(key)
+    if isinstance(value, list | tuple):
+        return str(value[0]) if value else ""
+    return str(value or "")
+
+
+def _deltas_from_trailers(trailers: Mapping[str, object]) -> dict[str, float]:
+    deltas: dict[str, float] = {}
+    for key in trailers:
+        if key.startswith("Delta-Bpb-"):
+            try:
+                deltas[key.removeprefix("Delta-Bpb-")] = float(_trailer(trailers, key))
+            except ValueError:
+                continue
+    return deltas

@@ -1,0 +1,134 @@
+"""The policy's read-only window onto the real store and branch (coordinator.policy.view.PolicyView)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+
+from coordinator.branch import BranchError, GlobalBranch
+from coordinator.policy.view import VolunteerInfo
+from coordinator.store.base import Store
+from coordinator.store.types import (
+    Hypothesis,
+    HypothesisState,
+    MergeRecord,
+    ResultFilter,
+    ResultRecord,
+    Role,
+    UnitKind,
+    UnitState,
+    WorkUnit,
+)
+
+ONLINE_WINDOW_S = 900.0
+PRINCIPAL_SNAPSHOT_TTL_S = 1.0  # volunteers change rarely; reading them per decision is wasteful
+
+
+class StoreView:
+    """Implements PolicyView over a Store and the GlobalBranch. Reads only."""
+
+    def __init__(self, store: Store, branch: GlobalBranch, online_window_s: float = ONLINE_WINDOW_S) -> None:
+        self.store = store
+        self.branch = branch
+        self.online_window_s = online_window_s
+        self._principals_at = 0.0
+        self._principals: list = []
+
+    def _volunteers(self) -> list:
+        now = time.monotonic()
+        if now - self._principals_at > PRINCIPAL_SNAPSHOT_TTL_S:
+            self._principals = self.store.list_principals(role=Role.VOLUNTEER)
+            self._principals_at = now
+        return self._principals
+
+    def invalidate(self) -> None:
+        """Forget the volunteer snapshot (a volunteer registered or came back)."""
+        self._principals_at = 0.0
+
+    def head_commit(self) -> str:
+        return self.branch.head()
+
+    def active_classes(self) -> list[str]:
+        return sorted({v.hardware_class for v in self.online_volunteers()})
+
+    def online_volunteers(self, hardware_class: str = "") -> list[VolunteerInfo]:
+        now = self.store.now()
+        return [
+            VolunteerInfo(p.principal_id, p.owner, p.hardware_class)
+            for p in self._volunteers()
+            if not p.revoked
+            and now - p.last_seen_s <= self.online_window_s
+            and (not hardware_class or p.hardware_class == hardware_class)
+        ]
+
+    def counting_results(
+        self,
+        hypothesis_id: str = "",
+        hardware_class: str = "",
+        base_commit: str = "",
+        kind: UnitKind | None = None,
+    ) -> list[ResultRecord]:
+        result_filter = ResultFilter(
+            hardware_class=hardware_class, hypothesis_id=hypothesis_id, base_commit=base_commit,
+            kind=kind, counting_only=True,
+        )
+        results: list[ResultRecord] = []
+        after = ""
+        while True:
+            page = self.store.list_results(result_filter, limit=1000, after=after)
+            results.extend(page)
+            if len(page) < 1000:
+                return results
+            after = page[-1].result_id
+
+    def pending_units(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
+        units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
+        units += self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.LEASED)
+        return sorted(units, key=lambda u: (u.created_s, u.unit_id))
+
+    def hypotheses(self, states: Iterable[HypothesisState] = ()) -> list[Hypothesis]:
+        return self.store.list_hypotheses(states=list(states), limit=100_000)
+
+    def pinned_constants(self, hardware_class: str) -> set[str]:
+        return set(_pinned(self.branch.read_file(self.head_commit(), "profiles.json"), hardware_class))
+
+    def merge_for(self, commit: str) -> MergeRecord | None:
+        for merge in self.store.list_merges(limit=1000):
+            if merge.commit == commit:
+                return merge
+        return None
+
+    def constants(self, commit: str) -> Mapping[str, str]:
+        try:
+            return _constants(self.branch.read_file(commit, "train.py"))
+        except BranchError:
+            return {}
+
+
+@lru_cache(maxsize=64)
+def _pinned(profiles_json: str, hardware_class: str) -> frozenset[str]:
+    from trainer.profiles import ProfileError, pinned_constants
+
+    try:
+        return frozenset(pinned_constants(hardware_class, profiles_json))
+    except (ProfileError, KeyError):
+        return frozenset()
+
+
+@lru_cache(maxsize=64)
+def _constants(source: str) -> dict[str, str]:
+    from coordinator.policy.literals import render_literal
+    from trainer.constants import ConstantsError, read_constants
+
+    try:
+        values = read_constants(source)
+    except ConstantsError:
+        return {}
+    rendered = {}
+    for name, value in values.items():
+        try:
+            rendered[name] = render_literal(value)  # type: ignore[arg-type]
+        except Exception:
+            rendered[name] = repr(value)
+    return rendered
