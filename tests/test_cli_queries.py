@@ -8,6 +8,7 @@ machine. One test runs `autoswarm results --json` against a real coordinator pro
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -109,6 +110,8 @@ def test_parse_args_defaults_and_checks(monkeypatch: pytest.MonkeyPatch):
         (["results", "--tsv", "-", "--json"], "stdout"),
         (["history", "--limit", "0"], "--limit"),
         (["best", "--out", "-", "--json"], "--json"),
+        (["status", "--coordinator", "host:1\nhost:2"], "HOST:PORT"),
+        (["status", "--coordinator", " "], "HOST:PORT"),
     ]
     for argv, message in usage_errors:
         with pytest.raises(queries.UsageError, match=re.escape(message)):
@@ -193,6 +196,8 @@ class StubCoordinator(pb_grpc.CoordinatorServicer):
 
     def GetBest(self, request, context):
         self._auth(context, "GetBest", request)
+        if request.hardware_class == "broken":
+            context.abort(grpc.StatusCode.INTERNAL, "internal error: ImportError")
         depth = 2 if request.hardware_class == "cpu" else 8
         return pb.GetBestResponse(commit=MERGE_A, train_py=f"DEPTH = {depth}\n", profiles_json='{"version": 1}\n',
                                   val_bpb=2.09 if request.hardware_class else 0.0)
@@ -368,6 +373,8 @@ def test_errors_are_typed_with_exit_codes(stub, capsys, monkeypatch: pytest.Monk
     code, out, _ = run_cli(capsys, address, "propose", "--title", "duplicate", "--set", "DEPTH=6", "--json")
     assert code == 1 and json.loads(out) == {"schema": "autoswarm.error/v1",
                                              "error": {"type": "DuplicateError", "message": "same change"}}
+    code, out, _ = run_cli(capsys, address, "best", "--class", "broken", "--out", "t.py", "--json")
+    assert code == 1 and json.loads(out)["error"] == {"type": "RpcInternal", "message": "internal error: ImportError"}
     code, _, err = run_cli(capsys, address, "propose", "--follow", "hyp_missing")
     assert code == 1 and "NotFoundError: no hypothesis hyp_missing" in err
     code, _, err = run_cli(capsys, address, "propose", "--title", "t", "--patch", "/nonexistent.diff")
@@ -461,3 +468,15 @@ def test_results_json_against_a_real_coordinator():
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_program_md_uses_only_flags_the_cli_has():
+    text = (REPO / "program.md").read_text()
+    parser = queries.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    known = {flag for sub in subparsers.choices.values() for action in sub._actions for flag in action.option_strings}
+    other_commands = {"--role", "--name", "--owner", "--budget-s"}  # `coordinator token`, `train`
+    used = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+    assert used - known - other_commands == set()
+    for command in queries.COMMANDS:
+        assert f"autoswarm {command}" in text

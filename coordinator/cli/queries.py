@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and check everything that can be checked without a coordinator (raises UsageError)."""
     args = build_parser().parse_args(list(argv))
+    args.coordinator = args.coordinator.strip()
+    if not args.coordinator or any(c.isspace() for c in args.coordinator):
+        raise UsageError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
     if args.command == "propose":
         if args.follow:
             if args.title:
@@ -577,6 +580,8 @@ def connect(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str]) -> int:
     """`argv` starts with the subcommand name (coordinator/cli/main.py passes it through)."""
+    import grpc
+
     from coordinator.client import CoordinatorUnavailable
     from coordinator.store.errors import StoreError
 
@@ -599,6 +604,12 @@ def main(argv: Sequence[str]) -> int:
         return _fail(args.json, command, "CoordinatorUnavailable", str(exc), ExitCode.COORDINATOR_ERROR)
     except StoreError as exc:
         return _fail(args.json, command, type(exc).__name__, str(exc), ExitCode.COORDINATOR_ERROR)
+    except grpc.RpcError as exc:
+        # A status outside the typed table (INTERNAL, UNIMPLEMENTED from an older coordinator).
+        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        name = code.name if code is not None else "UNKNOWN"
+        return _fail(args.json, command, f"Rpc{name.title().replace('_', '')}", details or name,
+                     ExitCode.COORDINATOR_ERROR)
     except OSError as exc:
         return _fail(args.json, command, type(exc).__name__, str(exc), ExitCode.COORDINATOR_ERROR)
     except KeyboardInterrupt:
