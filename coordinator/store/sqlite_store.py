@@ -187,14 +187,17 @@ class SqliteStore(Store):
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """One call, one transaction: committed when the body returns, rolled back when it raises
+        (a StoreError included, so a refusal leaves nothing behind)."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._transaction(write=True) as conn:

@@ -1,0 +1,933 @@
+"""The deployment store: Redis, every multi-key change one Lua script.
+
+Each write that reads before it writes (leasing, reporting, invites, fingerprints, revocation) is
+one script, so it is atomic against every other client; single-command writes are plain commands.
+Scripts check everything first and write last, so a refusal changes nothing (invariant 2). The
+clock is the server's `TIME` (invariant 1). Durability comes from the server: run it with
+`appendonly yes` and `appendfsync always` (invariant 6); `durability()` reports what it runs with.
+
+Key names live in `redis_keys`; records are hashes of their fields (see `base.record_to_row`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from coordinator.store import redis_keys as keys
+from coordinator.store.base import (
+    RowValue,
+    Store,
+    check_class_stats,
+    check_count,
+    check_enum,
+    check_hypothesis,
+    check_json,
+    check_limit,
+    check_merge,
+    check_metrics,
+    check_positive,
+    check_result_filter,
+    check_score,
+    check_text,
+    check_unit,
+    record_from_row,
+    record_to_row,
+    result_matches,
+    to_json,
+    validate_numbers,
+)
+from coordinator.store.errors import (
+    ConflictError,
+    DuplicateError,
+    InvalidValueError,
+    InviteError,
+    LeaseExpiredError,
+    NotFoundError,
+    PermissionDeniedError,
+    StoreError,
+)
+from coordinator.store.types import (
+    MAX_HARDWARE_JSON_BYTES,
+    MAX_META_VALUE_BYTES,
+    MAX_REASON_BYTES,
+    UNIT_KIND_RANK,
+    ClassStats,
+    Hypothesis,
+    HypothesisState,
+    Invite,
+    Lease,
+    MergeRecord,
+    NormalizedScore,
+    Principal,
+    ResultFilter,
+    ResultRecord,
+    Role,
+    RunMetrics,
+    UnitState,
+    WorkUnit,
+)
+
+log = logging.getLogger("autoswarm.store.redis")
+
+DEFAULT_PREFIX = "autoswarm"
+ALL = 2**31  # "no limit" for index reads that return every member
+RESULT_PAGE_CHUNK = 500  # results read per script call while a filter skips some
+
+# ---------------------------------------------------------------------------------------------
+# Lua. Every script gets ARGV[1] = the store's key root; KEYS[1] is the sequence key, so a
+# cluster routes the call to the store's slot. Numbers are written with %.17g: they read back
+# as the same double.
+# ---------------------------------------------------------------------------------------------
+
+_PRELUDE = (
+    keys.lua_key_builders()
+    + r"""
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function fmt(x) return string.format('%.17g', x) end
+local function fail(kind, message, original)
+  error({err = 'STORE ' .. cjson.encode({kind = kind, message = message, original = original or ''})})
+end
+local function record(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local r = {}
+  for i = 1, #flat, 2 do r[flat[i]] = flat[i + 1] end
+  return r
+end
+local function fields_from(first)
+  local f = {}
+  for i = first, #ARGV, 2 do f[ARGV[i]] = ARGV[i + 1] end
+  return f
+end
+local function hset_all(key, f)
+  local flat = {}
+  for name, value in pairs(f) do flat[#flat + 1] = name; flat[#flat + 1] = value end
+  redis.call('HSET', key, unpack(flat))
+end
+local function next_seq() return redis.call('INCR', KEY_SEQUENCE) end
+local function queue_member(unit_id, seq) return string.format('%016d', tonumber(seq)) .. ':' .. unit_id end
+local function set_unit_state(unit_id, unit, new_state)
+  if unit.state == new_state then return end
+  redis.call('ZREM', key_units_by_state(unit.state), unit_id)
+  redis.call('ZADD', key_units_by_state(new_state), unit.seq, unit_id)
+  local queue = key_queue(unit.kind_rank, unit.hardware_class)
+  if unit.state == 'queued' then redis.call('ZREM', queue, queue_member(unit_id, unit.seq)) end
+  if new_state == 'queued' then
+    redis.call('ZADD', queue, fmt(-tonumber(unit.priority)), queue_member(unit_id, unit.seq))
+  end
+  redis.call('HSET', key_unit(unit_id), 'state', new_state)
+  unit.state = new_state
+end
+local function end_lease(lease_id, state, reason, t)
+  local lkey = key_lease(lease_id)
+  redis.call('HSET', lkey, 'state', state, 'ended_s', fmt(t), 'end_reason', reason)
+  redis.call('ZREM', KEY_LEASES_ACTIVE, lease_id)
+  if state ~= 'reported' then
+    local unit_id = redis.call('HGET', lkey, 'unit_id')
+    local unit = record(key_unit(unit_id))
+    if unit and unit.state == 'leased' then set_unit_state(unit_id, unit, 'queued') end
+  end
+end
+local function expire_due(t)
+  local due = redis.call('ZRANGEBYSCORE', KEY_LEASES_ACTIVE, '-inf', fmt(t))
+  for _, lease_id in ipairs(due) do end_lease(lease_id, 'expired', 'deadline passed', t) end
+  return due
+end
+local function live_lease(lease_id, volunteer_id, t)
+  local lease = record(key_lease(lease_id))
+  if not lease then fail('NotFound', 'unknown lease ' .. lease_id) end
+  if lease.volunteer_id ~= volunteer_id then
+    fail('PermissionDenied', 'lease ' .. lease_id .. ' belongs to another volunteer')
+  end
+  if lease.state ~= 'active' then fail('LeaseExpired', 'lease ' .. lease_id .. ' is ' .. lease.state) end
+  if tonumber(lease.deadline_s) <= t then fail('LeaseExpired', 'lease ' .. lease_id .. ' passed its deadline') end
+  return lease
+end
+"""
+)
+
+_SCRIPTS: dict[str, str] = {
+    # ARGV: key, has_expected (1/0), expected, value
+    "compare_and_set_meta": r"""
+local current = redis.call('HGET', KEY_META, ARGV[2])
+local matches
+if ARGV[3] == '0' then matches = (current == false) else matches = (current == ARGV[4]) end
+if not matches then return 0 end
+redis.call('HSET', KEY_META, ARGV[2], ARGV[5])
+return 1
+""",
+    # ARGV: invite token hash ('' for none), then the principal's fields as name/value pairs
+    "create_principal": r"""
+local invite_hash = ARGV[2]
+local f = fields_from(3)
+local pid = f.principal_id
+if redis.call('EXISTS', key_principal(pid)) == 1 then fail('Duplicate', 'principal id taken', pid) end
+local holder = redis.call('HGET', KEY_PRINCIPAL_BY_TOKEN, f.token_hash)
+if holder then fail('Duplicate', 'a principal with this token already exists', holder) end
+local t = now_s()
+if invite_hash ~= '' then
+  local invite = record(key_invite(invite_hash))
+  if not invite then fail('Invite', 'unknown invite token') end
+  if tonumber(invite.uses) >= tonumber(invite.max_uses) then fail('Invite', 'this invite has been used up') end
+  if tonumber(invite.expires_s) > 0 and t >= tonumber(invite.expires_s) then
+    fail('Invite', 'this invite has expired')
+  end
+  redis.call('HINCRBY', key_invite(invite_hash), 'uses', 1)
+  f.owner = invite.owner
+end
+local seq = next_seq()
+f.created_s = fmt(t)
+f.last_seen_s = fmt(t)
+f.seq = seq
+hset_all(key_principal(pid), f)
+redis.call('ZADD', KEY_PRINCIPALS, seq, pid)
+redis.call('ZADD', key_principals_by_owner(f.owner), seq, pid)
+redis.call('HSET', KEY_PRINCIPAL_BY_TOKEN, f.token_hash, pid)
+return redis.call('HGETALL', key_principal(pid))
+""",
+    # ARGV: principal id
+    "touch_principal": r"""
+if redis.call('EXISTS', key_principal(ARGV[2])) == 0 then fail('NotFound', 'unknown principal ' .. ARGV[2]) end
+redis.call('HSET', key_principal(ARGV[2]), 'last_seen_s', fmt(now_s()))
+return 1
+""",
+    # ARGV: mode ('principal' | 'owner'), principal id or owner, reason
+    # Returns {results that stopped counting, newly revoked principal ids...}
+    "revoke": r"""
+local function revoke_one(pid, reason, t)
+  local pkey = key_principal(pid)
+  if redis.call('HGET', pkey, 'revoked') == '1' then return 0 end
+  redis.call('HSET', pkey, 'revoked', '1', 'revoked_reason', reason)
+  for _, lease_id in ipairs(redis.call('ZRANGE', KEY_LEASES_ACTIVE, 0, -1)) do
+    if redis.call('HGET', key_lease(lease_id), 'volunteer_id') == pid then
+      end_lease(lease_id, 'released', 'revoked: ' .. reason, t)
+    end
+  end
+  local discounted = 0
+  for _, rid in ipairs(redis.call('ZRANGE', key_results_by_volunteer(pid), 0, -1)) do
+    if redis.call('HGET', key_result(rid), 'counts') == '1' then
+      redis.call('HSET', key_result(rid), 'counts', '0')
+      discounted = discounted + 1
+    end
+  end
+  return discounted
+end
+local mode, target, reason = ARGV[2], ARGV[3], ARGV[4]
+local t = now_s()
+if mode == 'principal' then
+  if redis.call('EXISTS', key_principal(target)) == 0 then fail('NotFound', 'unknown principal ' .. target) end
+  return {revoke_one(target, reason, t)}
+end
+local out = {0}
+for _, pid in ipairs(redis.call('ZRANGE', key_principals_by_owner(target), 0, -1)) do
+  if redis.call('HGET', key_principal(pid), 'revoked') ~= '1' then
+    out[1] = out[1] + revoke_one(pid, reason, t)
+    out[#out + 1] = pid
+  end
+end
+return out
+""",
+    # ARGV: the invite's fields as name/value pairs
+    "create_invite": r"""
+local f = fields_from(2)
+if redis.call('EXISTS', key_invite(f.token_hash)) == 1 then
+  fail('Duplicate', 'an invite with this token already exists', f.token_hash)
+end
+f.created_s = fmt(now_s())
+hset_all(key_invite(f.token_hash), f)
+return redis.call('HGETALL', key_invite(f.token_hash))
+""",
+    # ARGV: the hypothesis's fields as name/value pairs
+    "add_hypothesis": r"""
+local f = fields_from(2)
+local original = redis.call('HGET', KEY_HYPOTHESIS_BY_FINGERPRINT, f.fingerprint)
+if original then fail('Duplicate', 'the same change was submitted as ' .. original, original) end
+if redis.call('EXISTS', key_hypothesis(f.hypothesis_id)) == 1 then
+  fail('Duplicate', 'hypothesis ' .. f.hypothesis_id .. ' exists', f.hypothesis_id)
+end
+local t = now_s()
+local seq = next_seq()
+f.created_s = fmt(t)
+f.updated_s = fmt(t)
+f.seq = seq
+hset_all(key_hypothesis(f.hypothesis_id), f)
+redis.call('ZADD', KEY_HYPOTHESES, seq, f.hypothesis_id)
+redis.call('ZADD', key_hypotheses_by_state(f.state), seq, f.hypothesis_id)
+redis.call('HSET', KEY_HYPOTHESIS_BY_FINGERPRINT, f.fingerprint, f.hypothesis_id)
+return redis.call('HGETALL', key_hypothesis(f.hypothesis_id))
+""",
+    # ARGV: hypothesis id, expected state ('' for any), then changed fields as name/value pairs
+    "update_hypothesis": r"""
+local id, expected = ARGV[2], ARGV[3]
+local changes = fields_from(4)
+local h = record(key_hypothesis(id))
+if not h then fail('NotFound', 'unknown hypothesis ' .. id) end
+if expected ~= '' and h.state ~= expected then
+  fail('Conflict', 'hypothesis ' .. id .. ' is ' .. h.state .. ', not ' .. expected)
+end
+local t = now_s()
+if changes.state and changes.state ~= h.state then
+  redis.call('ZREM', key_hypotheses_by_state(h.state), id)
+  redis.call('ZADD', key_hypotheses_by_state(changes.state), h.seq, id)
+end
+if changes.priority then
+  local delta = tonumber(changes.priority) - tonumber(h.priority)
+  if delta ~= 0 then
+    for _, uid in ipairs(redis.call('ZRANGE', key_units_by_hypothesis(id), 0, -1)) do
+      local u = record(key_unit(uid))
+      if u.state == 'queued' then
+        local p = tonumber(u.priority) + delta
+        redis.call('HSET', key_unit(uid), 'priority', fmt(p))
+        redis.call('ZADD', key_queue(u.kind_rank, u.hardware_class), fmt(-p), queue_member(uid, u.seq))
+      end
+    end
+  end
+end
+changes.updated_s = fmt(t)
+hset_all(key_hypothesis(id), changes)
+return redis.call('HGETALL', key_hypothesis(id))
+""",
+    # ARGV: the unit's fields (with kind_rank) as name/value pairs
+    "enqueue_unit": r"""
+local f = fields_from(2)
+if f.hypothesis_id ~= '' and redis.call('EXISTS', key_hypothesis(f.hypothesis_id)) == 0 then
+  fail('NotFound', 'unknown hypothesis ' .. f.hypothesis_id)
+end
+if redis.call('EXISTS', key_unit(f.unit_id)) == 1 then fail('Duplicate', 'unit ' .. f.unit_id .. ' exists', f.unit_id) end
+local seq = next_seq()
+f.created_s = fmt(now_s())
+f.seq = seq
+hset_all(key_unit(f.unit_id), f)
+redis.call('ZADD', KEY_UNITS, seq, f.unit_id)
+if f.hypothesis_id ~= '' then redis.call('ZADD', key_units_by_hypothesis(f.hypothesis_id), seq, f.unit_id) end
+redis.call('ZADD', key_units_by_state('queued'), seq, f.unit_id)
+redis.call('ZADD', key_queue(f.kind_rank, f.hardware_class), fmt(-tonumber(f.priority)), queue_member(f.unit_id, seq))
+return redis.call('HGETALL', key_unit(f.unit_id))
+""",
+    # ARGV: hypothesis id
+    "cancel_units": r"""
+local hid = ARGV[2]
+if redis.call('EXISTS', key_hypothesis(hid)) == 0 then fail('NotFound', 'unknown hypothesis ' .. hid) end
+local cancelled = 0
+for _, uid in ipairs(redis.call('ZRANGE', key_units_by_hypothesis(hid), 0, -1)) do
+  local u = record(key_unit(uid))
+  if u.state == 'queued' then
+    set_unit_state(uid, u, 'cancelled')
+    cancelled = cancelled + 1
+  end
+end
+return cancelled
+""",
+    # ARGV: unit id
+    "requeue_unit": r"""
+local uid = ARGV[2]
+local u = record(key_unit(uid))
+if not u then fail('NotFound', 'unknown unit ' .. uid) end
+if u.state ~= 'done' and u.state ~= 'cancelled' then
+  fail('Conflict', 'unit ' .. uid .. ' is ' .. u.state .. '; only done or cancelled units requeue')
+end
+set_unit_state(uid, u, 'queued')
+return redis.call('HGETALL', key_unit(uid))
+""",
+    # ARGV: volunteer id, owner, class, lease duration, slot, new lease id
+    # Returns {unit fields, lease fields} or nil when nothing is eligible.
+    "lease_unit": r"""
+local vid, owner, class, duration, slot, lease_id = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local v = record(key_principal(vid))
+if not v then fail('NotFound', 'unknown principal ' .. vid) end
+if v.revoked == '1' then fail('PermissionDenied', 'volunteer ' .. vid .. ' is revoked') end
+if v.role ~= 'volunteer' then fail('PermissionDenied', 'principal ' .. vid .. ' is a ' .. v.role .. ', not a volunteer') end
+if v.owner ~= owner then fail('InvalidValue', 'volunteer ' .. vid .. ' belongs to another owner') end
+local t = now_s()
+expire_due(t)
+local function listed(json_list, value)
+  for _, item in ipairs(cjson.decode(json_list)) do if item == value then return true end end
+  return false
+end
+for rank = 0, 2 do
+  local queue = key_queue(rank, class)
+  local start = 0
+  while true do
+    local batch = redis.call('ZRANGE', queue, start, start + 63)
+    if #batch == 0 then break end
+    for _, member in ipairs(batch) do
+      local uid = string.sub(member, 18)
+      local excluded = redis.call('HMGET', key_unit(uid), 'excluded_volunteers', 'excluded_owners')
+      if not listed(excluded[1], vid) and not listed(excluded[2], owner) then
+        local unit = record(key_unit(uid))
+        set_unit_state(uid, unit, 'leased')
+        redis.call('HINCRBY', key_unit(uid), 'attempts', 1)
+        local seq = next_seq()
+        local deadline = t + tonumber(duration)
+        redis.call('HSET', key_lease(lease_id), 'lease_id', lease_id, 'unit_id', uid, 'volunteer_id', vid,
+          'owner', owner, 'issued_s', fmt(t), 'deadline_s', fmt(deadline), 'state', 'active', 'slot', slot,
+          'progress_step', '0', 'progress_fraction', '0', 'progress_loss', '0', 'heartbeat_s', fmt(t),
+          'ended_s', '0', 'end_reason', '', 'seq', seq)
+        redis.call('ZADD', KEY_LEASES, seq, lease_id)
+        redis.call('ZADD', KEY_LEASES_ACTIVE, fmt(deadline), lease_id)
+        return {redis.call('HGETALL', key_unit(uid)), redis.call('HGETALL', key_lease(lease_id))}
+      end
+    end
+    start = start + 64
+  end
+end
+return false
+""",
+    # ARGV: lease id, volunteer id, lease duration, step, fraction, loss
+    "extend_lease": r"""
+local lease_id = ARGV[2]
+local t = now_s()
+live_lease(lease_id, ARGV[3], t)
+local deadline = t + tonumber(ARGV[4])
+redis.call('HSET', key_lease(lease_id), 'deadline_s', fmt(deadline), 'progress_step', ARGV[5],
+  'progress_fraction', ARGV[6], 'progress_loss', ARGV[7], 'heartbeat_s', fmt(t))
+redis.call('ZADD', KEY_LEASES_ACTIVE, fmt(deadline), lease_id)
+return redis.call('HGETALL', key_lease(lease_id))
+""",
+    # ARGV: lease id, volunteer id, reason
+    "release_lease": r"""
+local t = now_s()
+live_lease(ARGV[2], ARGV[3], t)
+end_lease(ARGV[2], 'released', ARGV[4], t)
+return redis.call('HGETALL', key_lease(ARGV[2]))
+""",
+    "expire_leases": r"""
+local out = {}
+for _, lease_id in ipairs(expire_due(now_s())) do out[#out + 1] = redis.call('HGETALL', key_lease(lease_id)) end
+return out
+""",
+    # ARGV: lease id, volunteer id, result id, metrics JSON, score JSON, status
+    # Returns {1 if it was reported before else 0, result fields}
+    "record_result": r"""
+local lease_id, vid, rid = ARGV[2], ARGV[3], ARGV[4]
+local lease = record(key_lease(lease_id))
+if not lease then fail('NotFound', 'unknown lease ' .. lease_id) end
+if lease.volunteer_id ~= vid then fail('PermissionDenied', 'lease ' .. lease_id .. ' belongs to another volunteer') end
+local stored = redis.call('HGET', KEY_RESULT_BY_LEASE, lease_id)
+if stored then return {1, redis.call('HGETALL', key_result(stored))} end
+if redis.call('EXISTS', key_result(rid)) == 1 then fail('Duplicate', 'result id ' .. rid .. ' is taken', rid) end
+local t = now_s()
+live_lease(lease_id, vid, t)
+if redis.call('HGET', key_principal(vid), 'revoked') == '1' then fail('PermissionDenied', 'volunteer ' .. vid .. ' is revoked') end
+local unit = record(key_unit(lease.unit_id))
+local seq = next_seq()
+redis.call('HSET', key_result(rid), 'result_id', rid, 'lease_id', lease_id, 'unit_id', lease.unit_id,
+  'kind', unit.kind, 'hypothesis_id', unit.hypothesis_id, 'hardware_class', unit.hardware_class,
+  'base_commit', unit.base_commit, 'volunteer_id', vid, 'owner', lease.owner, 'metrics', ARGV[5],
+  'score', ARGV[6], 'status', ARGV[7], 'reported_s', fmt(t), 'counts', '1', 'seq', seq)
+redis.call('ZADD', KEY_RESULTS, seq, rid)
+redis.call('ZADD', key_results_by_class(unit.hardware_class), seq, rid)
+redis.call('ZADD', key_results_by_volunteer(vid), seq, rid)
+if unit.hypothesis_id ~= '' then redis.call('ZADD', key_results_by_hypothesis(unit.hypothesis_id), seq, rid) end
+redis.call('HSET', KEY_RESULT_BY_LEASE, lease_id, rid)
+end_lease(lease_id, 'reported', '', t)
+set_unit_state(lease.unit_id, unit, 'done')
+return {0, redis.call('HGETALL', key_result(rid))}
+""",
+    # ARGV: the merge's fields as name/value pairs
+    "add_merge": r"""
+local f = fields_from(2)
+if redis.call('EXISTS', key_merge(f.commit)) == 1 then
+  fail('Duplicate', 'merge ' .. f.commit .. ' is already recorded', f.commit)
+end
+local seq = next_seq()
+f.merged_s = fmt(now_s())
+f.seq = seq
+hset_all(key_merge(f.commit), f)
+redis.call('ZADD', KEY_MERGES, seq, f.commit)
+return redis.call('HGETALL', key_merge(f.commit))
+""",
+    # ARGV: commit, reverted by, reason
+    "mark_reverted": r"""
+local m = record(key_merge(ARGV[2]))
+if not m then fail('NotFound', 'unknown merge ' .. ARGV[2]) end
+if m.reverted_by ~= '' then fail('Conflict', 'merge ' .. ARGV[2] .. ' was already reverted by ' .. m.reverted_by) end
+redis.call('HSET', key_merge(ARGV[2]), 'reverted_by', ARGV[3], 'revert_reason', ARGV[4])
+return redis.call('HGETALL', key_merge(ARGV[2]))
+""",
+    # ARGV: record key root, exclusive start score ('-inf' or '(N'), limit, reverse (1/0), index keys...
+    # One consistent page of records, in score order across the given indexes.
+    "page": r"""
+local root, start, limit, reverse = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+local items = {}
+for i = 6, #ARGV do
+  local got
+  if reverse then
+    got = redis.call('ZREVRANGEBYSCORE', ARGV[i], start, '-inf', 'WITHSCORES', 'LIMIT', 0, limit)
+  else
+    got = redis.call('ZRANGEBYSCORE', ARGV[i], start, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+  end
+  for j = 1, #got, 2 do items[#items + 1] = {got[j], tonumber(got[j + 1])} end
+end
+if #ARGV > 6 then
+  table.sort(items, function(a, b) if reverse then return a[2] > b[2] end return a[2] < b[2] end)
+end
+local out = {}
+for k = 1, math.min(limit, #items) do out[k] = redis.call('HGETALL', root .. items[k][1]) end
+return out
+""",
+}
+
+_ERRORS: dict[str, type[StoreError]] = {
+    "NotFound": NotFoundError,
+    "InvalidValue": InvalidValueError,
+    "PermissionDenied": PermissionDeniedError,
+    "LeaseExpired": LeaseExpiredError,
+    "Conflict": ConflictError,
+    "Invite": InviteError,
+}
+
+
+def _store_error(exc: redis.ResponseError) -> Exception:
+    """Turn a script's `fail(kind, message)` back into the typed error (others pass through)."""
+    text = str(exc)
+    if not text.startswith("STORE "):
+        return exc
+    detail, _ = json.JSONDecoder().raw_decode(text, len("STORE "))
+    if detail["kind"] == "Duplicate":
+        return DuplicateError(detail["message"], detail["original"])
+    return _ERRORS.get(detail["kind"], StoreError)(detail["message"])
+
+
+def _pairs(row: Mapping[str, RowValue]) -> list[RowValue]:
+    return [item for name, value in row.items() for item in (name, value)]
+
+
+def _as_dict(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+class RedisStore(Store):
+    """Redis backend. `RedisStore.from_url("redis://host:6379/0?prefix=autoswarm")`."""
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        if not client.get_encoder().decode_responses:
+            raise ValueError("RedisStore needs a client made with decode_responses=True")
+        self._redis = client
+        self.keys = keys.KeySpace(prefix)
+        # register_script hashes the source once; calls go by EVALSHA and reload on NOSCRIPT
+        # (after a server restart, say).
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """`redis://[user:password@]host:port/db?prefix=NAME` (also rediss:// and unix://);
+        other query parameters go to redis-py."""
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        prefix = next((value for name, value in query if name == "prefix"), DEFAULT_PREFIX)
+        rest = urllib.parse.urlencode([(name, value) for name, value in query if name != "prefix"])
+        client = redis.Redis.from_url(
+            urllib.parse.urlunsplit(parts._replace(query=rest)), decode_responses=True
+        )
+        store = cls(client, prefix=prefix)
+        store._warn_unless_durable()
+        return store
+
+    def durability(self) -> dict[str, str]:
+        """The server's persistence settings (empty when CONFIG is not allowed)."""
+        try:
+            settings = self._redis.config_get("append*")
+        except redis.ResponseError:
+            return {}
+        return {name: settings[name] for name in ("appendonly", "appendfsync") if name in settings}
+
+    def _warn_unless_durable(self) -> None:
+        settings = self.durability()
+        if settings and (settings.get("appendonly") != "yes" or settings.get("appendfsync") != "always"):
+            log.warning(
+                "redis runs with appendonly=%s appendfsync=%s: acknowledged writes may be lost in a crash "
+                "(use appendonly yes, appendfsync always)",
+                settings.get("appendonly"),
+                settings.get("appendfsync"),
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _run(self, script: str, *args: RowValue) -> Any:
+        try:
+            return self._scripts[script](
+                keys=[self.keys.key(keys.SEQUENCE)], args=[self.keys.root, *args], client=self._redis
+            )
+        except redis.ResponseError as exc:
+            raise _store_error(exc) from None
+
+    def _record(self, template: str, record_id: str, record_type: type[Any], what: str) -> Any:
+        flat = self._redis.hgetall(self.keys.key(template, record_id))
+        if not flat:
+            raise NotFoundError(f"unknown {what} {record_id!r}")
+        return record_from_row(record_type, flat)
+
+    def _page(
+        self,
+        template: str,
+        indexes: Sequence[str],
+        start: str = "-inf",
+        limit: int = ALL,
+        reverse: bool = False,
+    ) -> list[dict[str, str]]:
+        flats = self._run("page", self.keys.record_root(template), start, limit, int(reverse), *indexes)
+        return [_as_dict(flat) for flat in flats]
+
+    def _after(self, template: str, record_id: str) -> str:
+        """The exclusive start score of the page after record_id."""
+        if not record_id:
+            return "-inf"
+        seq = self._redis.hget(self.keys.key(template, record_id), "seq")
+        if seq is None:
+            raise NotFoundError(f"unknown page position {record_id!r}")
+        return f"({seq}"
+
+    def now(self) -> float:
+        seconds, microseconds = self._redis.time()
+        return seconds + microseconds / 1_000_000
+
+    def close(self) -> None:
+        self._redis.close()
+
+    # -- metadata -----------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        check_text("key", key, required=True)
+        return self._redis.hget(self.keys.key(keys.META), key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        check_text("key", key, required=True)
+        check_text("value", value, MAX_META_VALUE_BYTES)
+        self._redis.hset(self.keys.key(keys.META), key, value)
+
+    def compare_and_set_meta(self, key: str, expected: str | None, value: str) -> bool:
+        check_text("key", key, required=True)
+        check_text("value", value, MAX_META_VALUE_BYTES)
+        has_expected = expected is not None
+        return bool(self._run("compare_and_set_meta", key, int(has_expected), expected or "", value))
+
+    # -- principals and invites --------------------------------------------------------------------
+
+    def create_principal(
+        self,
+        role: Role,
+        owner: str,
+        display_name: str,
+        token_hash: str,
+        hardware_class: str = "",
+        hardware_json: str = "{}",
+        invite_token_hash: str | None = None,
+    ) -> Principal:
+        role = check_enum(Role, "role", role)
+        check_text("owner", owner, required=invite_token_hash is None)
+        check_text("display_name", display_name)
+        check_text("token_hash", token_hash, required=True)
+        check_text("hardware_class", hardware_class)
+        check_json("hardware_json", hardware_json, MAX_HARDWARE_JSON_BYTES)
+        if invite_token_hash is not None:
+            check_text("invite_token_hash", invite_token_hash, required=True)
+        principal = Principal(
+            principal_id=secrets.token_hex(12),
+            role=role,
+            owner=owner,
+            display_name=display_name,
+            token_hash=token_hash,
+            hardware_class=hardware_class,
+            hardware_json=hardware_json,
+        )
+        flat = self._run("create_principal", invite_token_hash or "", *_pairs(record_to_row(principal)))
+        return record_from_row(Principal, _as_dict(flat))
+
+    def get_principal(self, principal_id: str) -> Principal:
+        return self._record(keys.PRINCIPAL, principal_id, Principal, "principal")
+
+    def find_principal_by_token_hash(self, token_hash: str) -> Principal | None:
+        principal_id = self._redis.hget(self.keys.key(keys.PRINCIPAL_BY_TOKEN), token_hash)
+        return None if principal_id is None else self.get_principal(principal_id)
+
+    def list_principals(self, role: Role | None = None, owner: str | None = None) -> list[Principal]:
+        role = None if role is None else check_enum(Role, "role", role)
+        if owner is None:
+            index = self.keys.key(keys.PRINCIPALS)
+        else:
+            index = self.keys.key(keys.PRINCIPALS_BY_OWNER, owner)
+        rows = self._page(keys.PRINCIPAL, [index])
+        principals = [record_from_row(Principal, row) for row in rows]
+        return [p for p in principals if role is None or p.role == role]
+
+    def touch_principal(self, principal_id: str) -> None:
+        self._run("touch_principal", principal_id)
+
+    def revoke_principal(self, principal_id: str, reason: str) -> int:
+        check_text("reason", reason, MAX_REASON_BYTES)
+        return int(self._run("revoke", "principal", principal_id, reason)[0])
+
+    def revoke_owner(self, owner: str, reason: str) -> tuple[list[str], int]:
+        check_text("owner", owner, required=True)
+        check_text("reason", reason, MAX_REASON_BYTES)
+        discounted, *revoked = self._run("revoke", "owner", owner, reason)
+        return list(revoked), int(discounted)
+
+    def create_invite(self, token_hash: str, owner: str, max_uses: int = 1, expires_s: float = 0.0) -> Invite:
+        check_text("token_hash", token_hash, required=True)
+        check_text("owner", owner, required=True)
+        check_count("max_uses", max_uses, minimum=1)
+        validate_numbers({"expires_s": expires_s})
+        if expires_s < 0:
+            raise InvalidValueError("expires_s must be 0 (never) or a time")
+        invite = Invite(token_hash, owner, max_uses, 0, float(expires_s))
+        return record_from_row(Invite, _as_dict(self._run("create_invite", *_pairs(record_to_row(invite)))))
+
+    # -- hypotheses -------------------------------------------------------------------------------
+
+    def add_hypothesis(self, hypothesis: Hypothesis) -> Hypothesis:
+        row = record_to_row(check_hypothesis(hypothesis))
+        return record_from_row(Hypothesis, _as_dict(self._run("add_hypothesis", *_pairs(row))))
+
+    def get_hypothesis(self, hypothesis_id: str) -> Hypothesis:
+        return self._record(keys.HYPOTHESIS, hypothesis_id, Hypothesis, "hypothesis")
+
+    def _state_indexes(self, states: Iterable[HypothesisState]) -> list[str]:
+        values = sorted({check_enum(HypothesisState, "state", s).value for s in states})
+        if not values:
+            return [self.keys.key(keys.HYPOTHESES)]
+        return [self.keys.key(keys.HYPOTHESES_BY_STATE, value) for value in values]
+
+    def list_hypotheses(
+        self, states: Iterable[HypothesisState] = (), limit: int = 100, after: str = ""
+    ) -> list[Hypothesis]:
+        check_limit(limit)
+        indexes = self._state_indexes(states)
+        rows = self._page(keys.HYPOTHESIS, indexes, self._after(keys.HYPOTHESIS, after), limit)
+        return [record_from_row(Hypothesis, row) for row in rows]
+
+    def update_hypothesis(
+        self,
+        hypothesis_id: str,
+        *,
+        state: HypothesisState | None = None,
+        state_reason: str | None = None,
+        priority: float | None = None,
+        merged_commit: str | None = None,
+        expected_state: HypothesisState | None = None,
+    ) -> Hypothesis:
+        changes: dict[str, RowValue] = {}
+        if state is not None:
+            changes["state"] = check_enum(HypothesisState, "state", state).value
+        if state_reason is not None:
+            changes["state_reason"] = check_text("state_reason", state_reason, MAX_REASON_BYTES)
+        if priority is not None:
+            validate_numbers({"priority": priority})
+            changes["priority"] = float(priority)
+        if merged_commit is not None:
+            changes["merged_commit"] = check_text("merged_commit", merged_commit)
+        expected = (
+            "" if expected_state is None else check_enum(HypothesisState, "expected_state", expected_state)
+        )
+        flat = self._run("update_hypothesis", hypothesis_id, expected, *_pairs(changes))
+        return record_from_row(Hypothesis, _as_dict(flat))
+
+    def count_hypotheses(self, states: Iterable[HypothesisState] = ()) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        for index in self._state_indexes(states):
+            pipe.zcard(index)
+        return sum(pipe.execute())
+
+    # -- work units and leases --------------------------------------------------------------------
+
+    def enqueue_unit(self, unit: WorkUnit) -> WorkUnit:
+        unit = check_unit(unit)
+        row = {**record_to_row(unit), "kind_rank": UNIT_KIND_RANK[unit.kind]}
+        return record_from_row(WorkUnit, _as_dict(self._run("enqueue_unit", *_pairs(row))))
+
+    def get_unit(self, unit_id: str) -> WorkUnit:
+        return self._record(keys.UNIT, unit_id, WorkUnit, "unit")
+
+    def list_units(
+        self, hypothesis_id: str = "", state: UnitState | None = None, hardware_class: str = ""
+    ) -> list[WorkUnit]:
+        state = None if state is None else check_enum(UnitState, "state", state)
+        if hypothesis_id:
+            index = self.keys.key(keys.UNITS_BY_HYPOTHESIS, hypothesis_id)
+        elif state is not None:
+            index = self.keys.key(keys.UNITS_BY_STATE, state.value)
+        else:
+            index = self.keys.key(keys.UNITS)
+        units = [record_from_row(WorkUnit, row) for row in self._page(keys.UNIT, [index])]
+        return [
+            u
+            for u in units
+            if (state is None or u.state == state)
+            and (not hardware_class or u.hardware_class == hardware_class)
+        ]
+
+    def cancel_units(self, hypothesis_id: str) -> int:
+        return int(self._run("cancel_units", hypothesis_id))
+
+    def requeue_unit(self, unit_id: str) -> WorkUnit:
+        return record_from_row(WorkUnit, _as_dict(self._run("requeue_unit", unit_id)))
+
+    def lease_unit(
+        self, volunteer_id: str, owner: str, hardware_class: str, lease_duration_s: float, slot: int = 0
+    ) -> tuple[WorkUnit, Lease] | None:
+        check_text("hardware_class", hardware_class, required=True)
+        duration = check_positive("lease_duration_s", lease_duration_s)
+        check_count("slot", slot)
+        granted = self._run(
+            "lease_unit", volunteer_id, owner, hardware_class, duration, slot, secrets.token_hex(16)
+        )
+        if granted is None:
+            return None
+        unit_flat, lease_flat = granted
+        return record_from_row(WorkUnit, _as_dict(unit_flat)), record_from_row(Lease, _as_dict(lease_flat))
+
+    def get_lease(self, lease_id: str) -> Lease:
+        return self._record(keys.LEASE, lease_id, Lease, "lease")
+
+    def list_leases(self, active_only: bool = True) -> list[Lease]:
+        index = keys.LEASES_ACTIVE if active_only else keys.LEASES
+        rows = sorted(self._page(keys.LEASE, [self.keys.key(index)]), key=lambda row: int(row["seq"]))
+        return [record_from_row(Lease, row) for row in rows]
+
+    def extend_lease(
+        self,
+        lease_id: str,
+        volunteer_id: str,
+        lease_duration_s: float,
+        step: int = 0,
+        fraction: float = 0.0,
+        loss: float = 0.0,
+    ) -> Lease:
+        duration = check_positive("lease_duration_s", lease_duration_s)
+        check_count("step", step)
+        validate_numbers({"fraction": fraction, "loss": loss})
+        flat = self._run("extend_lease", lease_id, volunteer_id, duration, step, float(fraction), float(loss))
+        return record_from_row(Lease, _as_dict(flat))
+
+    def release_lease(self, lease_id: str, volunteer_id: str, reason: str = "") -> Lease:
+        check_text("reason", reason, MAX_REASON_BYTES)
+        return record_from_row(Lease, _as_dict(self._run("release_lease", lease_id, volunteer_id, reason)))
+
+    def expire_leases(self) -> list[Lease]:
+        return [record_from_row(Lease, _as_dict(flat)) for flat in self._run("expire_leases")]
+
+    # -- results ------------------------------------------------------------------------------------
+
+    def record_result(
+        self, lease_id: str, volunteer_id: str, metrics: RunMetrics, score: NormalizedScore, result_id: str
+    ) -> tuple[ResultRecord, bool]:
+        metrics = check_metrics(metrics)
+        score = check_score(score)
+        check_text("result_id", result_id, required=True)
+        duplicate, flat = self._run(
+            "record_result",
+            lease_id,
+            volunteer_id,
+            result_id,
+            to_json(metrics),
+            to_json(score),
+            metrics.status.value,
+        )
+        return record_from_row(ResultRecord, _as_dict(flat)), bool(duplicate)
+
+    def get_result(self, result_id: str) -> ResultRecord:
+        return self._record(keys.RESULT, result_id, ResultRecord, "result")
+
+    def result_for_lease(self, lease_id: str) -> ResultRecord | None:
+        result_id = self._redis.hget(self.keys.key(keys.RESULT_BY_LEASE), lease_id)
+        return None if result_id is None else self.get_result(result_id)
+
+    def list_results(
+        self, result_filter: ResultFilter | None = None, limit: int = 1000, after: str = ""
+    ) -> list[ResultRecord]:
+        f = check_result_filter(result_filter)
+        check_limit(limit)
+        # Walk the narrowest index; the rest of the filter is applied to what it yields.
+        if f.hypothesis_id:
+            index = self.keys.key(keys.RESULTS_BY_HYPOTHESIS, f.hypothesis_id)
+        elif f.volunteer_id:
+            index = self.keys.key(keys.RESULTS_BY_VOLUNTEER, f.volunteer_id)
+        elif f.hardware_class:
+            index = self.keys.key(keys.RESULTS_BY_CLASS, f.hardware_class)
+        else:
+            index = self.keys.key(keys.RESULTS)
+        start = self._after(keys.RESULT, after)
+        chunk = max(limit, RESULT_PAGE_CHUNK) if f != ResultFilter() else limit
+        found: list[ResultRecord] = []
+        while len(found) < limit:
+            rows = self._page(keys.RESULT, [index], start, chunk)
+            for row in rows:
+                record = record_from_row(ResultRecord, row)
+                if result_matches(record, f):
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+            if len(rows) < chunk:
+                break
+            start = f"({rows[-1]['seq']}"
+        return found
+
+    # -- statistics and merges ------------------------------------------------------------------
+
+    def _stats_field(self, hardware_class: str, commit: str) -> str:
+        return json.dumps([hardware_class, commit])
+
+    def put_class_stats(self, stats: ClassStats) -> None:
+        stats = check_class_stats(stats)
+        row = record_to_row(ClassStats(**{**vars(stats), "updated_s": self.now()}))
+        self._redis.hset(
+            self.keys.key(keys.CLASS_STATS),
+            self._stats_field(stats.hardware_class, stats.commit),
+            json.dumps(row),
+        )
+
+    def get_class_stats(self, hardware_class: str, commit: str) -> ClassStats | None:
+        value = self._redis.hget(self.keys.key(keys.CLASS_STATS), self._stats_field(hardware_class, commit))
+        return None if value is None else record_from_row(ClassStats, json.loads(value))
+
+    def list_class_stats(self, commit: str = "") -> list[ClassStats]:
+        stats = [
+            record_from_row(ClassStats, json.loads(v))
+            for v in self._redis.hvals(self.keys.key(keys.CLASS_STATS))
+        ]
+        return sorted(
+            (s for s in stats if not commit or s.commit == commit), key=lambda s: (s.hardware_class, s.commit)
+        )
+
+    def add_merge(self, merge: MergeRecord) -> MergeRecord:
+        row = record_to_row(check_merge(merge))
+        return record_from_row(MergeRecord, _as_dict(self._run("add_merge", *_pairs(row))))
+
+    def mark_reverted(self, commit: str, reverted_by: str, reason: str) -> MergeRecord:
+        check_text("reverted_by", reverted_by, required=True)
+        check_text("reason", reason, MAX_REASON_BYTES)
+        return record_from_row(MergeRecord, _as_dict(self._run("mark_reverted", commit, reverted_by, reason)))
+
+    def list_merges(self, limit: int = 100) -> list[MergeRecord]:
+        check_limit(limit)
+        rows = self._page(keys.MERGE, [self.keys.key(keys.MERGES)], "+inf", limit, reverse=True)
+        return [record_from_row(MergeRecord, row) for row in rows]
+
+    # -- housekeeping -------------------------------------------------------------------------------
+
+    def delete_everything(self) -> int:
+        """Delete every key of this store's prefix (tests, and operators starting over)."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self._redis.scan_iter(match=self.keys.pattern(), count=1000):
+            batch.append(key)
+            if len(batch) == 500:
+                deleted += self._redis.delete(*batch)
+                batch.clear()
+        if batch:
+            deleted += self._redis.delete(*batch)
+        return deleted
