@@ -527,12 +527,17 @@ def _field_types(record_type: type) -> dict[str, object]:
     return typing.get_type_hints(record_type)
 
 
+def to_json(value: object) -> str:
+    """Compact JSON of a record or a nested value, exactly as record_to_row stores it."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def record_to_row(record: object) -> dict[str, RowValue]:
     row: dict[str, RowValue] = {}
     for f in dataclasses.fields(record):  # type: ignore[arg-type]
         value = _plain(getattr(record, f.name))
         if isinstance(value, dict | list):
-            value = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            value = to_json(value)
         elif isinstance(value, bool):
             value = int(value)
         row[f.name] = value  # type: ignore[assignment]
@@ -601,6 +606,7 @@ __all__: Sequence[str] = [
     "check_merge",
     "check_result_filter",
     "result_matches",
+    "to_json",
     "record_to_row",
     "record_from_row",
 ]
