@@ -97,6 +97,12 @@ MERGED_LABELS = 2  # hyp_a on cpu and on rtx3060-12g
 # --- rows and the status mapping -----------------------------------------------------------------
 
 
+def test_chronological_orders_by_report_time_then_id():
+    records = sample_records()
+    ordered = [r.result_id for r in fmt.chronological(reversed(records))]
+    assert ordered == ["r01", "r08", "r02", "r09", "r03", "r10", "r04", "r05", "r06", "r07"]
+
+
 def test_status_mapping_follows_upstream_keep_discard_crash():
     rows = {r["result_id"]: r for r in fmt.result_rows(sample_records(), sample_merges())}
     assert [rows[f"r{i:02d}"]["status"] for i in range(1, 11)] == [

@@ -265,11 +265,13 @@ def test_results_filters_tsv_and_parquet_files(stub, capsys, tmp_path: Path):
     assert (request.hardware_class, request.status, request.since_unix_s) == ("rtx3060-12g", pb.RUN_STATUS_OK, 1.7e9)
     lines = tsv.read_text().splitlines()
     assert lines[0].startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\tclass\t")
-    assert [line.split("\t")[3] for line in lines[1:]] == ["keep", "keep", "crash"]
+    assert [line.split("\t")[3] for line in lines[1:]] == ["keep", "keep", "crash"]  # reported in this order
     table = pq.read_table(parquet)
     assert table.num_rows == 3 and table.schema.equals(fmt.results_arrow_schema(), check_metadata=True)
     code, out, _ = run_cli(capsys, address, "results", "--tsv", "-")
-    assert code == 0 and out == fmt.results_to_tsv(sample_records(), sample_merges())
+    assert code == 0 and out == fmt.results_to_tsv(fmt.chronological(sample_records()), sample_merges())
+    reported = [float(line.split("\t")[fmt.RESULT_COLUMN_NAMES.index("reported_unix_s")]) for line in out.splitlines()[1:]]
+    assert reported == sorted(reported) and len(reported) == 10
 
 
 def test_results_table_for_people(stub, capsys):
@@ -461,6 +463,22 @@ def test_results_json_against_a_real_coordinator():
             done = subprocess.run([autoswarm, "status", "--json", "--token", "not-a-token"], env=env,
                                   capture_output=True, text=True, timeout=60, cwd=tmp)
             assert done.returncode == 1 and json.loads(done.stdout)["error"]["type"] == "UnauthenticatedError"
+
+            def cli(*argv: str) -> tuple[int, dict]:
+                done = subprocess.run([autoswarm, *argv], env=env, capture_output=True, text=True, timeout=60, cwd=tmp)
+                return done.returncode, json.loads(done.stdout)
+
+            code, best = cli("best", "--out", str(Path(tmp) / "train.py"), "--json")
+            assert code == 0 and best["commit"] == status["head_commit"]
+            assert "WARMDOWN_RATIO" in (Path(tmp) / "train.py").read_text()
+            code, proposal = cli("propose", "--title", "warmdown 0.6", "--set", "WARMDOWN_RATIO=0.6", "--source",
+                                 "agent", "--json")
+            assert code == 0 and proposal["state"] == "queued"
+            code, followed = cli("propose", "--follow", proposal["hypothesis_id"], "--wait-timeout-s", "0", "--json")
+            assert code == queries.ExitCode.WAIT_TIMEOUT and followed["hypothesis"]["source"] == "agent"
+            assert followed["hypothesis"]["constant_changes"] == {"WARMDOWN_RATIO": "0.6"}
+            code, error = cli("propose", "--title", "again", "--set", "WARMDOWN_RATIO=0.6", "--json")
+            assert code == 1 and error["error"]["type"] == "DuplicateError"
         finally:
             process.terminate()
             try:

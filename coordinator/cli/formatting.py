@@ -243,6 +243,12 @@ def result_row(record: pb.ResultRecord, merged_commits: Mapping[str, str]) -> Re
     return row
 
 
+def chronological(records: Iterable[pb.ResultRecord]) -> list[pb.ResultRecord]:
+    """Results in the order they were reported, as upstream's results.tsv grows (the coordinator
+    pages them by id)."""
+    return sorted(records, key=lambda r: (r.reported_unix_s, r.result_id))
+
+
 def result_rows(records: Iterable[pb.ResultRecord], merges: Iterable[pb.MergeRecord]) -> list[ResultRow]:
     merged = live_merged_commits(merges)
     return [result_row(record, merged) for record in records]

@@ -389,7 +389,7 @@ def cmd_results(args: argparse.Namespace, client: Any) -> int:
         filters["hypothesis_id"] = args.hypothesis
     if args.volunteer:
         filters["volunteer_id"] = args.volunteer
-    records = client.results(**filters)
+    records = fmt.chronological(client.results(**filters))
     rows = fmt.result_rows(records, _merged(client))
     tsv_to_stdout = args.tsv is not None and str(args.tsv) == "-"
     if args.tsv is not None:
