@@ -591,6 +591,12 @@ def run_harness(train_fn: Callable[[TrainContext], Any], config: RunConfig) -> H
          f"vocab {tokenizer.vocab_size} seq_len {settings['seq_len']}")
 
     train_globals = getattr(train_fn, "__globals__", {})
+    differing = {name: (train_globals[name], value) for name, value in profile.constants.items()
+                 if name in train_globals
+                 and train_globals[name] != (tuple(value) if isinstance(value, list) else value)}
+    if differing:
+        details = ", ".join(f"{name}={mine!r} (class pins {pinned!r})" for name, (mine, pinned) in differing.items())
+        _warn(f"train.py runs as written: {details}; `autoswarm train` applies the class profile first")
     oom_retry = False
     while True:
         torch.manual_seed(config.seed)

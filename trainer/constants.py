@@ -168,7 +168,10 @@ def read_constants(source: str) -> dict[str, object]:
 
 def format_value(value: object) -> str:
     """A Python literal for `value`; large powers of two are written `2**k` as upstream does."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        # Double quotes, as train.py writes its strings, when nothing needs escaping.
+        return f'"{value}"' if value.isprintable() and '"' not in value and "\\" not in value else repr(value)
+    if isinstance(value, bool) or value is None:
         return repr(value)
     if isinstance(value, int):
         if value >= 1024 and value & (value - 1) == 0:

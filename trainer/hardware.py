@@ -151,7 +151,7 @@ def classify(info: DeviceInfo, profiles: ProfileSet | str | None = None) -> Clas
     if matches:
         best = min(matches, key=lambda p: (p.device_type != info.device_type, abs(p.memory_gb - info.memory_gib)))
         return ClassMatch(best.name, f"matched by name {info.name!r} and {info.memory_gib:.1f} GiB", exact=True)
-    fallback = nearest_class_by_memory(info.memory_gib, info.device_type, profile_set)
+    fallback = nearest_class_by_memory(info.memory_gib, info.device_type, profile_set, info.compute_capability)
     return ClassMatch(
         fallback,
         f"no profile names {info.name!r} ({info.memory_gib:.1f} GiB); nearest class by memory is {fallback}",

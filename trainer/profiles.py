@@ -316,9 +316,11 @@ def nearest_class_by_memory(
     memory_gib: float,
     device_type: DeviceType | str = DeviceType.CUDA,
     profiles: ProfileSet | str | None = None,
+    compute_capability: tuple[int, int] | None = None,
 ) -> str:
     """The class for an unknown device: the largest class of that device type whose nominal memory fits
-    in `memory_gib` (so its batch sizes fit), or the smallest one when none fits.
+    in `memory_gib` (so its batch sizes fit), or the smallest one when none fits. Ties go to the class
+    whose compute capability is closest (an Ampere card to an Ampere class rather than a Turing one).
 
     ROCm devices also consider CUDA classes: most ROCm cards have no class of their own.
     """
@@ -328,8 +330,15 @@ def nearest_class_by_memory(
     candidates = [p for p in profile_set.classes.values() if p.device_type in kinds]
     if not candidates:
         raise UnknownClassError(f"no hardware class for device type {kind.value!r}")
+
+    def capability_distance(profile: Profile) -> int:
+        theirs = profile.detect.compute_capability
+        if compute_capability is None or theirs is None:
+            return 0
+        return abs((theirs[0] * 10 + theirs[1]) - (compute_capability[0] * 10 + compute_capability[1]))
+
     # Nominal sizes are decimal GB; torch reports GiB (an "80 GB" card shows ~79.2 GiB).
     fitting = [p for p in candidates if p.memory_gb * 0.93 <= memory_gib]
     if fitting:
-        return max(fitting, key=lambda p: (p.memory_gb, p.device_type == kind)).name
-    return min(candidates, key=lambda p: p.memory_gb).name
+        return max(fitting, key=lambda p: (p.memory_gb, p.device_type == kind, -capability_distance(p))).name
+    return min(candidates, key=lambda p: (p.memory_gb, capability_distance(p))).name
