@@ -175,6 +175,12 @@ def sqlite_store(tmp_path: Path, offset_clock: OffsetClock) -> Iterator[object]:
 
 
 @pytest.fixture
+def store(sqlite_store: object) -> object:
+    """The default store for tests that do not care which backend: a fresh SQLite file."""
+    return sqlite_store
+
+
+@pytest.fixture
 def redis_url(redis_server: str) -> str:
     """A store URL on the private server with a prefix no other test uses."""
     return f"{redis_server}/0?prefix=test-{uuid.uuid4().hex[:12]}"

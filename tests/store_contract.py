@@ -75,8 +75,6 @@ ALL_CAPABILITIES = frozenset(
     }
 )
 
-SHORT_LEASE_S = 0.2  # leases meant to expire during a test
-PAST_SHORT_LEASE_S = 0.3  # how far the clock moves to get past one
 LONG_LEASE_S = 600.0
 RACE_UNITS = 200  # units two processes fight over
 RACE_TIMEOUT_S = 90.0
@@ -194,6 +192,11 @@ def race_worker(opener: str, url: str, volunteer_id: str, owner: str, barrier: A
 class StoreContract:
     CAPABILITIES: frozenset[str] = ALL_CAPABILITIES
     STORE_OPENER = "coordinator.store.base:open_store"
+    # A lease meant to expire during a test, and how far advance_clock moves to get past it. With
+    # a real clock the lease must outlive any stall of a loaded machine between two calls, so it
+    # is not much shorter; a subclass with a movable clock makes both long.
+    SHORT_LEASE_S = 1.0
+    PAST_SHORT_LEASE_S = 1.1
 
     @pytest.fixture(autouse=True)
     def _skip_unsupported(self, request: pytest.FixtureRequest) -> None:
@@ -528,9 +531,9 @@ class StoreContract:
         """4: past its deadline (store clock) the unit is leasable again and attempts keep counting."""
         unit = store.enqueue_unit(make_unit())
         slow, fast = add_volunteer(store, "alice"), add_volunteer(store, "bob")
-        _, stale = self.lease(store, slow, SHORT_LEASE_S)
+        _, stale = self.lease(store, slow, self.SHORT_LEASE_S)
         assert store.lease_unit(fast.principal_id, "bob", "cpu", LONG_LEASE_S) is None
-        advance_clock(PAST_SHORT_LEASE_S)
+        advance_clock(self.PAST_SHORT_LEASE_S)
         reissued_unit, fresh = self.lease(store, fast)
         assert reissued_unit.unit_id == unit.unit_id and reissued_unit.attempts == 2
         expired = store.get_lease(stale.lease_id)
@@ -554,8 +557,8 @@ class StoreContract:
         """5: the deadline alone decides; the refusal changes nothing (2)."""
         unit = store.enqueue_unit(make_unit())
         volunteer = add_volunteer(store)
-        _, lease = self.lease(store, volunteer, SHORT_LEASE_S)
-        advance_clock(PAST_SHORT_LEASE_S)
+        _, lease = self.lease(store, volunteer, self.SHORT_LEASE_S)
+        advance_clock(self.PAST_SHORT_LEASE_S)
         with pytest.raises(LeaseExpiredError):
             store.record_result(
                 lease.lease_id, volunteer.principal_id, ok_metrics(), a_score(), new_id("res")
@@ -572,11 +575,11 @@ class StoreContract:
         for _ in range(3):
             store.enqueue_unit(make_unit())
         volunteer = add_volunteer(store)
-        _, short_a = self.lease(store, volunteer, SHORT_LEASE_S)
-        _, short_b = self.lease(store, volunteer, SHORT_LEASE_S)
+        _, short_a = self.lease(store, volunteer, self.SHORT_LEASE_S)
+        _, short_b = self.lease(store, volunteer, self.SHORT_LEASE_S)
         _, long_lease = self.lease(store, volunteer, LONG_LEASE_S)
         assert store.expire_leases() == []
-        advance_clock(PAST_SHORT_LEASE_S)
+        advance_clock(self.PAST_SHORT_LEASE_S)
         swept = store.expire_leases()
         assert sorted(lease.lease_id for lease in swept) == sorted([short_a.lease_id, short_b.lease_id])
         assert all(lease.state == LeaseState.EXPIRED and lease.end_reason for lease in swept)
@@ -590,14 +593,14 @@ class StoreContract:
     ) -> None:
         store.enqueue_unit(make_unit())
         volunteer, other = add_volunteer(store, "alice"), add_volunteer(store, "bob")
-        _, lease = self.lease(store, volunteer, SHORT_LEASE_S)
+        _, lease = self.lease(store, volunteer, self.SHORT_LEASE_S)
         extended = store.extend_lease(
             lease.lease_id, volunteer.principal_id, 60.0, step=12, fraction=0.4, loss=3.25
         )
         assert extended.deadline_s > lease.deadline_s
         assert (extended.progress_step, extended.progress_fraction, extended.progress_loss) == (12, 0.4, 3.25)
         assert extended.heartbeat_s >= lease.issued_s
-        advance_clock(PAST_SHORT_LEASE_S)
+        advance_clock(self.PAST_SHORT_LEASE_S)
         assert store.expire_leases() == []  # the heartbeat kept it alive
         with pytest.raises(PermissionDeniedError):
             store.extend_lease(lease.lease_id, other.principal_id, 60.0)

@@ -15,6 +15,9 @@ from tests.store_contract import StoreContract, make_hypothesis
 
 
 class TestSqliteStore(StoreContract):
+    SHORT_LEASE_S = 30.0  # the test clock jumps, so no stall can expire these early
+    PAST_SHORT_LEASE_S = 31.0
+
     @pytest.fixture
     def store_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'state.sqlite'}"
