@@ -505,6 +505,10 @@ class StoreContract:
         assert store.get_lease(lease.lease_id) == lease
         assert store.list_leases() == [lease]
         assert store.get_unit(unit.unit_id) == leased_unit
+        with pytest.raises(NotFoundError):
+            store.get_lease("no-such-lease")
+        with pytest.raises(NotFoundError):
+            store.get_unit("no-such-unit")
 
     @requires("units", "leases")
     def test_replicates_respect_volunteer_and_owner_exclusions(self, store: Store) -> None:
