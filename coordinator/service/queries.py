@@ -40,9 +40,11 @@ def get_best(core: CoordinatorCore, hardware_class: str) -> pb.GetBestResponse:
     train_py = files["train.py"]
     val_bpb = 0.0
     if hardware_class:
-        from trainer.profiles import apply_profile
+        from trainer.constants import rewrite_constants
+        from trainer.profiles import get_profile
 
-        train_py = apply_profile(train_py, hardware_class, files.get("profiles.json"))
+        profile = get_profile(hardware_class, files.get("profiles.json"))
+        train_py = rewrite_constants(train_py, profile.constants)
         stats = core.store.get_class_stats(hardware_class, head)
         val_bpb = stats.mean_val_bpb if stats else 0.0
     return pb.GetBestResponse(commit=head, train_py=train_py, profiles_json=files.get("profiles.json", ""), val_bpb=val_bpb)

@@ -119,6 +119,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             from trainer.profiles import load_profiles
 
             signer = self.core.signer
+            head = self.core.branch.head()
+            profiles = load_profiles(self.core.branch.read_file(head, "profiles.json"))
             endorsements = [
                 pb.KeyEndorsement(public_key=e.public_key, endorsed_by=e.endorsed_by, signature=e.signature)
                 for e in signer.endorsements()
@@ -127,8 +129,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 settings=self.core.settings_pb(),
                 coordinator_public_key=signer.public_key,
                 previous_public_keys=signer.previous_public_keys(),
-                head_commit=self.core.branch.head(),
-                hardware_classes=sorted(load_profiles().class_names()),
+                head_commit=head,
+                hardware_classes=sorted(profiles.names()),
                 endorsements=endorsements,
             )
 
