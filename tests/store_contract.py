@@ -707,6 +707,21 @@ class StoreContract:
         assert len(store.list_units(hardware_class="cpu")) == 3
         assert store.list_units(hardware_class="mps") == []
 
+    @requires("units", "leases")
+    def test_cancel_one_queued_unit(self, store: Store) -> None:
+        first, second = store.enqueue_unit(make_unit()), store.enqueue_unit(make_unit())
+        volunteer = add_volunteer(store)
+        leased, _ = self.lease(store, volunteer)
+        assert leased.unit_id == first.unit_id
+        assert store.cancel_unit(first.unit_id) is False  # leased: it finishes
+        assert store.get_unit(first.unit_id).state == UnitState.LEASED
+        assert store.cancel_unit(second.unit_id) is True
+        assert store.cancel_unit(second.unit_id) is False  # already cancelled: nothing changes
+        assert store.get_unit(second.unit_id).state == UnitState.CANCELLED
+        assert store.lease_unit(volunteer.principal_id, "alice", "cpu", LONG_LEASE_S) is None
+        with pytest.raises(NotFoundError):
+            store.cancel_unit("no-such-unit")
+
     # -- results --------------------------------------------------------------------------------
 
     @requires("units", "leases", "results")

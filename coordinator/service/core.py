@@ -366,12 +366,10 @@ class CoordinatorCore:
             self._enqueue_for(hypothesis, request)
 
     def _cancel_unit(self, unit_id: str) -> None:
-        cancel = getattr(self.store, "cancel_unit", None)
-        if cancel is not None:
-            try:
-                cancel(unit_id)
-            except Exception as exc:  # leased meanwhile: it finishes and is judged then
-                log.debug("unit %s not cancelled: %s", unit_id, exc)
+        try:
+            self.store.cancel_unit(unit_id)  # a unit leased meanwhile finishes and is judged then
+        except NotFoundError:
+            log.debug("unit %s to cancel is unknown", unit_id)
 
     def _enqueue_for(self, hypothesis: Hypothesis, request: UnitRequest) -> None:
         try:

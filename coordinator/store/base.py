@@ -197,6 +197,10 @@ class Store(abc.ABC):
         """Cancel the queued units of a hypothesis (leased ones finish). Returns how many."""
 
     @abc.abstractmethod
+    def cancel_unit(self, unit_id: str) -> bool:
+        """Cancel one queued unit; False (nothing changed) when it is leased, done or cancelled."""
+
+    @abc.abstractmethod
     def requeue_unit(self, unit_id: str) -> WorkUnit:
         """Put a done (or cancelled) unit back in the queue (bounded crash retries are the policy's
         call). ConflictError when it is queued or leased."""

@@ -329,6 +329,15 @@ for _, uid in ipairs(redis.call('ZRANGE', key_units_by_hypothesis(hid), 0, -1)) 
 end
 return cancelled
 """,
+    # ARGV: unit id. Returns 1 when cancelled, 0 when it was no longer queued.
+    "cancel_unit": r"""
+local uid = ARGV[2]
+local u = record(key_unit(uid))
+if not u then fail('NotFound', 'unknown unit ' .. uid) end
+if u.state ~= 'queued' then return 0 end
+set_unit_state(uid, u, 'cancelled')
+return 1
+""",
     # ARGV: unit id
     "requeue_unit": r"""
 local uid = ARGV[2]
@@ -772,6 +781,9 @@ class RedisStore(Store):
 
     def cancel_units(self, hypothesis_id: str) -> int:
         return int(self._run("cancel_units", hypothesis_id))
+
+    def cancel_unit(self, unit_id: str) -> bool:
+        return bool(int(self._run("cancel_unit", unit_id)))
 
     def requeue_unit(self, unit_id: str) -> WorkUnit:
         return record_from_row(WorkUnit, _as_dict(self._run("requeue_unit", unit_id)))

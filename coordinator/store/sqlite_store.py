@@ -552,6 +552,14 @@ class SqliteStore(Store):
                 (hypothesis_id,),
             ).rowcount
 
+    def cancel_unit(self, unit_id: str) -> bool:
+        with self._transaction(write=True) as conn:
+            unit = self._unit(conn, unit_id)
+            if unit.state != UnitState.QUEUED:
+                return False
+            conn.execute("UPDATE units SET state = 'cancelled' WHERE unit_id = ? AND state = 'queued'", (unit_id,))
+            return True
+
     def requeue_unit(self, unit_id: str) -> WorkUnit:
         with self._transaction(write=True) as conn:
             unit = self._unit(conn, unit_id)
