@@ -260,3 +260,26 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, inter
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A real coordinator
+# ---------------------------------------------------------------------------------------------
+
+def start_coordinator(data_dir: Path, *, budget_s: float = 3.0, startup_allowance_s: float = 5.0,
+                      policy: dict[str, object] | None = None, extra: list[str] | None = None) -> Any:
+    """A real coordinator process (tests/coordinator_proc.py) on the pydoc data with a tiny budget."""
+    from coordinator_proc import coordinator_process
+
+    shim = os.environ.get("VOLUNTEER_TEST_COORDINATOR_SHIM")  # development only: a sitecustomize dir
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (shim, str(REPO_ROOT), str(REPO_ROOT / "proto")) if p)}
+    # A later --startup-allowance-s wins over the helper's default (argparse keeps the last).
+    extra = [*(extra or []), "--startup-allowance-s", str(startup_allowance_s)]
+    return coordinator_process(data_dir, budget_s=budget_s, env=env, policy=policy, extra=extra).start()
+
+
+def restart_on_same_port(proc: Any) -> Any:
+    """Start a stopped coordinator again on the address volunteers know."""
+    port = proc.address.rsplit(":", 1)[1]
+    proc.args = [f"127.0.0.1:{port}" if a == "127.0.0.1:0" else a for a in proc.args]
+    return proc.start()
