@@ -101,9 +101,9 @@ class CoordinatorClient:
 
     def heartbeat(
         self, lease_id: str, step: int = 0, fraction: float = 0.0, loss: float = 0.0, tokens_per_s: float = 0.0
-    ) -> pb.HeartbeatResponse:
+    ) -> pb.ExtendLeaseResponse:
         progress = pb.Progress(step=step, fraction_of_budget=fraction, loss=loss, tokens_per_s=tokens_per_s)
-        return self._call(self.stub.Heartbeat, pb.HeartbeatRequest(lease_id=lease_id, progress=progress))
+        return self._call(self.stub.ExtendLease, pb.ExtendLeaseRequest(lease_id=lease_id, progress=progress))
 
     def report(self, lease_id: str, result: pb.RunResult) -> pb.ReportResultResponse:
         return self._call(self.stub.ReportResult, pb.ReportResultRequest(lease_id=lease_id, result=result))

@@ -32,7 +32,7 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     "/autoswarm.v1.Coordinator/RegisterVolunteer": PUBLIC,
     "/autoswarm.v1.Coordinator/GetSwarmConfig": PUBLIC,
     "/autoswarm.v1.Coordinator/LeaseWork": frozenset({Role.VOLUNTEER}),
-    "/autoswarm.v1.Coordinator/Heartbeat": frozenset({Role.VOLUNTEER}),
+    "/autoswarm.v1.Coordinator/ExtendLease": frozenset({Role.VOLUNTEER}),
     "/autoswarm.v1.Coordinator/ReportResult": frozenset({Role.VOLUNTEER}),
     "/autoswarm.v1.Coordinator/ReleaseLease": frozenset({Role.VOLUNTEER}),
     "/autoswarm.v1.Coordinator/ReportRefusal": frozenset({Role.VOLUNTEER}),

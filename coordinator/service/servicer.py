@@ -149,15 +149,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             unit=pb.SignedWorkUnit(work_unit=grant.payload, signature=grant.signature, key_id=grant.key_id)
         )
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> Any:
+    async def ExtendLease(self, request: pb.ExtendLeaseRequest, context: Any) -> Any:
         principal = _principal()
         progress = request.progress
         lease = await _call(
-            context, self.run, "Heartbeat", self.core.heartbeat, principal, request.lease_id,
+            context, self.run, "ExtendLease", self.core.heartbeat, principal, request.lease_id,
             int(progress.step), float(progress.fraction_of_budget), float(progress.loss),
         )
         METRICS.heartbeats.inc()
-        return pb.HeartbeatResponse(lease_deadline_unix_s=lease.deadline_s, cancel=False)
+        return pb.ExtendLeaseResponse(lease_deadline_unix_s=lease.deadline_s, cancel=False)
 
     async def ReportResult(self, request: pb.ReportResultRequest, context: Any) -> Any:
         principal = _principal()

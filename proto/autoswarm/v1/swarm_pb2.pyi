@@ -439,7 +439,7 @@ class Progress(_message.Message):
     tokens_per_s: float
     def __init__(self, step: _Optional[int] = ..., fraction_of_budget: _Optional[float] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
-class HeartbeatRequest(_message.Message):
+class ExtendLeaseRequest(_message.Message):
     __slots__ = ("lease_id", "progress")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -447,7 +447,7 @@ class HeartbeatRequest(_message.Message):
     progress: Progress
     def __init__(self, lease_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
-class HeartbeatResponse(_message.Message):
+class ExtendLeaseResponse(_message.Message):
     __slots__ = ("lease_deadline_unix_s", "cancel")
     LEASE_DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]

@@ -53,10 +53,10 @@ class CoordinatorStub:
                 request_serializer=autoswarm_dot_v1_dot_swarm__pb2.LeaseWorkRequest.SerializeToString,
                 response_deserializer=autoswarm_dot_v1_dot_swarm__pb2.LeaseWorkResponse.FromString,
                 _registered_method=True)
-        self.Heartbeat = channel.unary_unary(
-                '/autoswarm.v1.Coordinator/Heartbeat',
-                request_serializer=autoswarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=autoswarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.FromString,
+        self.ExtendLease = channel.unary_unary(
+                '/autoswarm.v1.Coordinator/ExtendLease',
+                request_serializer=autoswarm_dot_v1_dot_swarm__pb2.ExtendLeaseRequest.SerializeToString,
+                response_deserializer=autoswarm_dot_v1_dot_swarm__pb2.ExtendLeaseResponse.FromString,
                 _registered_method=True)
         self.ReportResult = channel.unary_unary(
                 '/autoswarm.v1.Coordinator/ReportResult',
@@ -143,8 +143,9 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def ExtendLease(self, request, context):
+        """the heartbeat
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -236,10 +237,10 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=autoswarm_dot_v1_dot_swarm__pb2.LeaseWorkRequest.FromString,
                     response_serializer=autoswarm_dot_v1_dot_swarm__pb2.LeaseWorkResponse.SerializeToString,
             ),
-            'Heartbeat': grpc.unary_unary_rpc_method_handler(
-                    servicer.Heartbeat,
-                    request_deserializer=autoswarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.FromString,
-                    response_serializer=autoswarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.SerializeToString,
+            'ExtendLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendLease,
+                    request_deserializer=autoswarm_dot_v1_dot_swarm__pb2.ExtendLeaseRequest.FromString,
+                    response_serializer=autoswarm_dot_v1_dot_swarm__pb2.ExtendLeaseResponse.SerializeToString,
             ),
             'ReportResult': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportResult,
@@ -393,7 +394,7 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
-    def Heartbeat(request,
+    def ExtendLease(request,
             target,
             options=(),
             channel_credentials=None,
@@ -406,9 +407,9 @@ class Coordinator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/autoswarm.v1.Coordinator/Heartbeat',
-            autoswarm_dot_v1_dot_swarm__pb2.HeartbeatRequest.SerializeToString,
-            autoswarm_dot_v1_dot_swarm__pb2.HeartbeatResponse.FromString,
+            '/autoswarm.v1.Coordinator/ExtendLease',
+            autoswarm_dot_v1_dot_swarm__pb2.ExtendLeaseRequest.SerializeToString,
+            autoswarm_dot_v1_dot_swarm__pb2.ExtendLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
