@@ -335,29 +335,29 @@ def _resolve(profile: Profile, profile_set: ProfileSet, settings: dict[str, Any]
     # attention backend: FA3 (CUDA, not ROCm, cached build) -> FlexAttention (CUDA + compile) -> SDPA
     wanted_attention = settings["attention"]
     attention, flash_attn = "sdpa", None
+    nvidia = kind == "cuda" and not is_rocm
     if wanted_attention in ("auto", "fa3"):
-        if kind == "cuda" and not is_rocm:
+        if nvidia:
             from trainer.attention_kernels import load_fa3_offline
 
-            capability = torch.cuda.get_device_capability(device)
-            loaded = load_fa3_offline(profile_set.kernels_for(capability))
+            loaded = load_fa3_offline(profile_set.kernels_for(torch.cuda.get_device_capability(device)))
             if loaded.module is not None:
                 attention, flash_attn = "fa3", loaded.module
-                _log(f"attention: FA3 {loaded.reason}")
+                _log(f"attention: Flash Attention 3, {loaded.reason}")
             else:
                 _warn(f"Flash Attention 3 unavailable: {loaded.reason}")
                 notes.append("fa3_unavailable")
         elif wanted_attention == "fa3":
             _warn(f"Flash Attention 3 needs an NVIDIA GPU; this device is {'ROCm' if is_rocm else kind}")
-    if attention == "sdpa" and wanted_attention in ("auto", "fa3", "flex"):
-        if kind == "cuda" and not is_rocm and use_compile:
+            notes.append("fa3_unavailable")
+    if attention == "sdpa" and wanted_attention != "sdpa":
+        if nvidia and use_compile:
             attention = "flex"
-        elif wanted_attention != "sdpa" and kind == "cuda":
-            reason = "ROCm" if is_rocm else "torch.compile is off"
-            _warn(f"FlexAttention skipped ({reason}): falling back to SDPA with an explicit window mask")
+            _log("attention: FlexAttention with a sliding-window block mask")
+        elif nvidia or wanted_attention != "auto":
+            reason = "torch.compile is off" if nvidia else f"it needs an NVIDIA GPU, this device is {kind}"
+            _warn(f"FlexAttention unavailable ({reason}): using SDPA with an explicit sliding-window mask")
             notes.append("flex_unavailable")
-        elif wanted_attention == "flex":
-            _warn(f"FlexAttention needs CUDA; using SDPA on {kind}")
     return _Resolved(device, kind, device_name, dtype, dtype_name, use_compile, attention, flash_attn, notes)
 
 

@@ -147,7 +147,7 @@ def test_oom_twice_or_mid_run_is_oom(tmp_path, cache_dir):
     assert result.exit_code == EXIT_OOM and module.SEEN_BATCH_SIZES == [16, 8]
     assert "after the retry" in result.error
     late = stand_in(tmp_path, "oom_late")
-    result = run_harness(late.train, config(cache_dir))
+    result = run_harness(late.train, config(cache_dir, budget_s=30.0))  # fails long before the budget
     assert result.exit_code == EXIT_OOM and late.SEEN_BATCH_SIZES == [16]  # no retry once timing started
     assert "during training" in result.error
 
@@ -199,3 +199,15 @@ def test_parse_summary_reads_upstream_format():
     line = format_progress({"phase": "train", "step": 5, "loss": "3.2"})
     assert parse_progress(line) == {"phase": "train", "step": "5", "loss": "3.2"}
     assert parse_progress("step 5 loss 3") is None
+
+
+def test_fallbacks_are_loud_and_recorded(tmp_path, cache_dir, capsys):
+    module = stand_in(tmp_path)
+    overrides = {"eval_tokens": 2048, "eval_batch_size": 8, "attention": "fa3", "dtype": "bf16"}
+    result = run_harness(module.train, config(cache_dir, budget_s=0.2, overrides=overrides))
+    assert result.exit_code == EXIT_OK, result.error
+    assert result.summary["attention_backend"] == "sdpa" and result.summary["dtype"] == "fp32"
+    assert set(result.summary["fallbacks"].split(",")) == {"fa3_unavailable", "flex_unavailable"}
+    out = capsys.readouterr().out
+    assert "WARNING: Flash Attention 3 needs an NVIDIA GPU" in out
+    assert "WARNING: FlexAttention unavailable" in out and "WARNING: dtype bf16 requested on CPU" in out

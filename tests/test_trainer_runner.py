@@ -112,17 +112,17 @@ def test_whole_path_trains_below_the_untrained_model(cache_dir, tmp_path):
     before = untrained_bpb(cache_dir, tmp_path)
     assert before > 3.0  # about log2(vocab) / bytes-per-token for a near-uniform initial model
     progress = []
-    result = run_experiment(TRAIN_PY, hardware_class="cpu", budget_s=5.0, dataset="pydoc", workdir=tmp_path / "run",
+    result = run_experiment(TRAIN_PY, hardware_class="cpu", budget_s=6.0, dataset="pydoc", workdir=tmp_path / "run",
                             cache_dir=cache_dir, on_progress=progress.append)
     assert result.status is RunStatus.OK, result.log_tail
-    assert result.val_bpb is not None and result.val_bpb < before - 0.5, (result.val_bpb, before)
+    assert result.val_bpb is not None and result.val_bpb < before - 0.3, (result.val_bpb, before)
     assert set(UPSTREAM_SUMMARY_KEYS) <= set(result.summary)
     prepared = load_prepared("pydoc", cache_dir)
     assert result.tokenizer_hash == prepared.tokenizer_hash
     assert result.data_manifest_id == prepared.manifest_id
     assert result.attention_backend == "sdpa" and result.dtype == "fp32" and result.depth == 2
     assert result.num_steps >= 3 and result.total_tokens == result.num_steps * 2**12
-    assert result.training_s >= 5.0 and result.total_s >= result.training_s and result.wall_s >= result.total_s
+    assert result.training_s >= 6.0 and result.total_s >= result.training_s and result.wall_s >= result.total_s
     assert 0.5 < result.num_params_m < 2 and result.peak_memory_mb > 0 and result.mfu_percent > 0
     assert result.environment["torch_version"] == torch.__version__
     assert "core=0" in result.environment["resource_limits"]

@@ -148,6 +148,7 @@ class Attention:
 
     def __call__(self, q, k, v, window):
         B, T, H, D = q.shape
+        q, k = q.to(v.dtype), k.to(v.dtype)  # norms may run in fp32 under autocast; kernels want one dtype
         if self.backend == "fa3":
             y = self.flash_attn.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
             return y[0] if isinstance(y, tuple) else y
