@@ -188,8 +188,7 @@ def start_volunteer(data_dir: Path, coordinator: str, cache_dir: Path, *args: st
 # A gRPC proxy in front of a real coordinator
 # ---------------------------------------------------------------------------------------------
 
-FORWARDED = ("RegisterVolunteer", "GetSwarmConfig", "LeaseWork", "Heartbeat", "ReportResult", "ReleaseLease",
-             "ReportRefusal", "GetLeaderboard", "GetSwarmStatus", "GetBest", "ListResults")
+COORDINATOR_SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 
 
 class CoordinatorProxy:
@@ -208,12 +207,13 @@ class CoordinatorProxy:
         self.reports: list[pb.ReportResultRequest] = []
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        handlers = {name: grpc.unary_unary_rpc_method_handler(
-            self._handler(name),
-            request_deserializer=getattr(pb, f"{name}Request").FromString,
+        handlers = {method.name: grpc.unary_unary_rpc_method_handler(
+            self._handler(method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
             response_serializer=lambda message: message.SerializeToString(),
-        ) for name in FORWARDED}
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("autoswarm.v1.Coordinator", handlers),))
+        ) for method in COORDINATOR_SERVICE.methods}  # every method of the contract, whatever it is called
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(COORDINATOR_SERVICE.full_name, handlers),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
 
@@ -271,11 +271,9 @@ def start_coordinator(data_dir: Path, *, budget_s: float = 3.0, startup_allowanc
     """A real coordinator process (tests/coordinator_proc.py) on the pydoc data with a tiny budget."""
     from coordinator_proc import coordinator_process
 
-    shim = os.environ.get("VOLUNTEER_TEST_COORDINATOR_SHIM")  # development only: a sitecustomize dir
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (shim, str(REPO_ROOT), str(REPO_ROOT / "proto")) if p)}
     # A later --startup-allowance-s wins over the helper's default (argparse keeps the last).
     extra = [*(extra or []), "--startup-allowance-s", str(startup_allowance_s)]
-    return coordinator_process(data_dir, budget_s=budget_s, env=env, policy=policy, extra=extra).start()
+    return coordinator_process(data_dir, budget_s=budget_s, policy=policy, extra=extra).start()
 
 
 def restart_on_same_port(proc: Any) -> Any:

@@ -199,6 +199,7 @@ class Volunteer:
         self.runs_done = 0
         self.fatal: FatalError | None = None
         self.tokenizer_hash = ""
+        self._heartbeat_failing: set[str] = set()
         self._signals = 0
 
     # -- clients --------------------------------------------------------------------------------
@@ -290,7 +291,9 @@ class Volunteer:
         except (store_errors.PermissionDeniedError, store_errors.InviteError) as exc:
             raise FatalError(f"the coordinator refused registration: {exc}", EXIT_REVOKED) from exc
         except store_errors.StoreError as exc:
-            raise FatalError(f"the coordinator refused registration: {exc}") from exc
+            hint = " (pass --owner NAME: the person or team this volunteer counts for)" if (
+                "owner" in str(exc) and not self.options.owner) else ""
+            raise FatalError(f"the coordinator refused registration: {exc}{hint}") from exc
         assert isinstance(response, pb.RegisterVolunteerResponse)
         key = bytes(response.coordinator_public_key)
         if key != bytes(config.coordinator_public_key):
@@ -538,10 +541,18 @@ class Volunteer:
         try:
             response = self.client.heartbeat(lease_id, progress.step, progress.fraction, progress.loss,
                                              progress.tokens_per_s)
-        except (CoordinatorUnavailable, grpc.RpcError):
-            return HeartbeatVerdict()  # keep training: the result will wait in the spool
+        except (CoordinatorUnavailable, grpc.RpcError) as exc:
+            # Keep training: the result waits in the spool. Say so once per run, not once per beat.
+            if lease_id not in self._heartbeat_failing:
+                self._heartbeat_failing.add(lease_id)
+                self.display.warn(f"heartbeats for {lease_id} fail ({_describe_error(exc)}); the run goes on and "
+                                  "its result will be delivered when the coordinator answers, if the lease lasts")
+            return HeartbeatVerdict()
         except (store_errors.LeaseExpiredError, store_errors.NotFoundError, store_errors.PermissionDeniedError) as exc:
             return HeartbeatVerdict(cancel=True, reason=f"the lease is gone: {exc}")
+        if lease_id in self._heartbeat_failing:
+            self._heartbeat_failing.discard(lease_id)
+            self.display.info(f"heartbeats for {lease_id} get through again")
         if response.cancel:
             return HeartbeatVerdict(cancel=True, reason="the coordinator no longer needs this unit")
         return HeartbeatVerdict()

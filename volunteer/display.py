@@ -58,6 +58,7 @@ class Display:
         self._lock = threading.Lock()
         self._bars: dict[int, str] = {}
         self._last_plain: dict[int, float] = {}
+        self._last_progress: dict[int, tuple[object, ...]] = {}
         self.last_score: str = ""
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -112,6 +113,10 @@ class Display:
             self._line(f"[slot {slot}] running {describe_unit(unit)}")
 
     def progress(self, slot: int, unit: pb.WorkUnit, progress: Progress) -> None:
+        key = (unit.lease_id, progress.step, round(progress.fraction, 4), progress.phase)
+        if key == self._last_progress.get(slot):
+            return  # pollers (Ray mode) repeat the same progress; report changes only
+        self._last_progress[slot] = key
         if self.mode == LogMode.JSON:
             self._emit_json("progress", slot=slot, lease_id=unit.lease_id, step=progress.step,
                             fraction=round(progress.fraction, 4), loss=progress.loss,

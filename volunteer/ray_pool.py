@@ -16,6 +16,7 @@ to machines you do not control, and never expose the Ray ports to the internet.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -41,7 +42,8 @@ log = logging.getLogger("autoswarm.volunteer.ray")
 
 POLL_S = 0.5
 BOARD_TIMEOUT_S = 10.0
-NODE_HEARTBEAT_S = 1.0  # how often a task posts progress and looks for a cancel
+NODE_HEARTBEAT_S = 1.0
+LOCAL_START_ATTEMPTS = 2  # how often a task posts progress and looks for a cancel
 
 
 class RayPoolError(RuntimeError):
@@ -128,11 +130,19 @@ class RayExecutor:
             init_kwargs.update(address="local", num_cpus=max(wanted, os.cpu_count() or 1), resources=resources)
         else:
             init_kwargs["address"] = address  # "auto" or host:port / ray://...
-        try:
-            ray.init(**init_kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            hint = " (start one with `ray start --head`, or use --ray local)" if address == "auto" else ""
-            raise RayPoolError(f"could not join the Ray cluster {address!r}: {exc}{hint}") from exc
+        attempts = LOCAL_START_ATTEMPTS if address == "local" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(**init_kwargs)
+                break
+            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+                if attempt < attempts:  # a busy host can miss Ray's start-up timeouts; once more
+                    log.warning("starting a local Ray cluster failed (%s); trying again", exc)
+                    with contextlib.suppress(Exception):
+                        ray.shutdown()
+                    continue
+                hint = " (start one with `ray start --head`, or use --ray local)" if address == "auto" else ""
+                raise RayPoolError(f"could not join the Ray cluster {address!r}: {exc}{hint}") from exc
         available = int(ray.cluster_resources().get(resource, 0))
         self.slots = slots or available
         if self.slots < 1:
