@@ -250,3 +250,29 @@ def test_hanging_trainer_times_out_and_out_of_memory_is_oom_and_no_token_reaches
         assert identity["token"] not in value and SECRET_ENV_TOKEN not in value
     assert "AUTOSWARM_TOKEN" not in trainer_env and "MY_API_KEY" not in trainer_env
     assert not [k for k in trainer_env if k.startswith("AUTOSWARM_") and k not in ("AUTOSWARM_CACHE_DIR", "AUTOSWARM_RUN_CONFIG")]
+
+
+def test_a_second_signal_abandons_the_run_and_releases_its_lease(tmp_path, cache, coordinators, volunteers):
+    coordinator = coordinators(tmp_path / "c", startup_allowance_s=60.0)
+    key = TestKey()
+    hanging = train_py_variant(HANG_CODE)
+    proxy = CoordinatorProxy(coordinator.address, key=key,
+                             rewrite_unit=lambda signed, index: key.resign(signed, lambda u: setattr(u, "train_py", hanging)))
+    proxy.start()
+    try:
+        data_dir = tmp_path / "hana"
+        volunteer = volunteers(data_dir, proxy.address, cache, "--owner", "hana")
+        volunteer.wait_for(lambda e: e.get("event") == "run_started", RUN_TIMEOUT_S, "a run")
+        wait_until(lambda: bool(_processes_under(data_dir / "work")), 30, "the trainer to start")
+        volunteer.signal(signal.SIGINT)
+        volunteer.wait_for(lambda e: "finishing the run" in e.get("message", ""), 10, "the first signal's notice")
+        volunteer.signal(signal.SIGINT)
+        assert volunteer.wait(30) == 0, volunteer.output()
+    finally:
+        proxy.stop()
+    (finished,) = volunteer.named("run_finished")
+    assert finished["ending"] == "abandoned"
+    assert not proxy.reports  # nothing half-done is reported
+    assert not _processes_under(data_dir / "work")
+    with coordinator.admin() as admin:
+        assert admin.status().units_in_flight == 0  # released at once, not left to expire
