@@ -134,6 +134,8 @@ class RunConfig:
         if unknown:
             raise RunSettingsError(f"run config has unknown fields: {', '.join(unknown)}")
         config = cls(**raw)
+        if not isinstance(config.overrides, dict):
+            raise RunSettingsError("run config field 'overrides' must be an object")
         if not (isinstance(config.budget_s, (int, float)) and config.budget_s > 0):
             raise RunSettingsError(f"budget_s must be a positive number, got {config.budget_s!r}")
         return config

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import math
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,17 @@ def test_schedules(tp):
     assert tp.muon_momentum(0) == pytest.approx(0.85) and tp.muon_momentum(150) == pytest.approx(0.90)
     assert tp.muon_momentum(300) == pytest.approx(0.95) and tp.muon_momentum(10_000) == pytest.approx(0.95)
     assert tp.weight_decay_at(0.0) == pytest.approx(0.2) and tp.weight_decay_at(1.0) == 0.0
+
+
+@pytest.mark.parametrize("window", [40, 127])
+def test_flex_block_mask_matches_sdpa(tp, window):
+    """FlexAttention's block mask (the CUDA path) computes the same attention as the SDPA mask.
+    Eager flex runs unfused on CPU: slow, but exact enough to pin the mask semantics."""
+    torch.manual_seed(5)
+    q, k, v = torch.randn(1, 128, 2, 8), torch.randn(1, 128, 1, 8), torch.randn(1, 128, 1, 8)
+    flex = tp.Attention("flex")
+    flex.prepare(128, [window], torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+        got = flex(q, k, v, window)
+    assert torch.allclose(got, tp.Attention("sdpa")(q, k, v, window), atol=1e-5)

@@ -251,3 +251,16 @@ def test_cli_text_output_is_greppable_like_upstream():
     assert lines[0] == "---"
     assert [line for line in lines if line.startswith("val_bpb:")] == ["val_bpb:          1.250000"]
     assert "status:           ok" in lines
+
+
+def test_result_to_proto():
+    from autoswarm.v1 import swarm_pb2
+
+    ok = RunResult(status=RunStatus.OK, val_bpb=1.5, num_steps=10, total_tokens=40960, depth=2, dtype="fp32",
+                   attention_backend="sdpa", environment={"torch_version": "2.13"}, log_tail="x" * 20000)
+    message = ok.to_proto()
+    assert message.status == swarm_pb2.RUN_STATUS_OK and message.val_bpb == 1.5 and message.num_steps == 10
+    assert message.environment["depth"] == "2" and message.environment["torch_version"] == "2.13"
+    assert len(message.log_tail) == 8000
+    crashed = RunResult(status=RunStatus.OOM, error="out of memory").to_proto()
+    assert crashed.status == swarm_pb2.RUN_STATUS_OOM and crashed.val_bpb == 0.0 and crashed.error == "out of memory"

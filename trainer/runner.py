@@ -141,6 +141,29 @@ class RunResult:
     def ok(self) -> bool:
         return self.status is RunStatus.OK
 
+    def to_proto(self) -> Any:
+        """The wire form (`autoswarm.v1.swarm_pb2.RunResult`). As upstream's results.tsv, a failed run
+        carries zeros; fields the message lacks (depth, dtype, tokens/s, wall time) go in `environment`."""
+        from autoswarm.v1 import swarm_pb2
+
+        ok = self.status is RunStatus.OK
+        environment = dict(self.environment)
+        environment.update({
+            "depth": str(self.depth), "dtype": self.dtype, "tokens_per_s": f"{self.tokens_per_s:.0f}",
+            "wall_s": f"{self.wall_s:.1f}", "hardware_class": self.hardware_class,
+            "exit_code": "" if self.exit_code is None else str(self.exit_code),
+        })
+        return swarm_pb2.RunResult(
+            status=getattr(swarm_pb2, f"RUN_STATUS_{self.status.name}"),
+            val_bpb=self.val_bpb if ok and self.val_bpb is not None else 0.0,
+            peak_memory_mb=self.peak_memory_mb, num_steps=self.num_steps, total_tokens=self.total_tokens,
+            mfu_percent=self.mfu_percent, training_s=self.training_s, total_s=self.total_s,
+            num_params_m=self.num_params_m, attention_backend=self.attention_backend,
+            tokenizer_hash=self.tokenizer_hash, data_manifest_id=self.data_manifest_id,
+            environment={key: str(value) for key, value in environment.items()},
+            log_tail=self.log_tail[-8000:], error=self.error or "",
+        )
+
     def to_json(self) -> str:
         body = asdict(self)
         body["status"] = self.status.value
