@@ -11,6 +11,7 @@ The numbers in the docstrings refer to the invariants at the top of coordinator/
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import multiprocessing
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.store.base import Store
+from coordinator.store.base import Store, StoreSnapshot
 from coordinator.store.errors import (
     ConflictError,
     DuplicateError,
@@ -46,11 +47,14 @@ from coordinator.store.types import (
     Hypothesis,
     HypothesisSource,
     HypothesisState,
+    Invite,
+    Lease,
     LeaseState,
     MergeRecord,
     NormalizedScore,
     Principal,
     ResultFilter,
+    ResultRecord,
     Role,
     RunMetrics,
     RunStatus,
@@ -72,6 +76,7 @@ ALL_CAPABILITIES = frozenset(
         "stats",
         "merges",
         "processes",  # child processes open the store from store_url
+        "snapshots",  # export_snapshot / import_snapshot (backup, restore, migration)
     }
 )
 
@@ -186,10 +191,155 @@ def race_worker(opener: str, url: str, volunteer_id: str, owner: str, barrier: A
         results.put(("error", traceback.format_exc()))
 
 
+# -- 11. whole-store snapshots -----------------------------------------------------------------------
+
+
+def a_snapshot(now_s: float) -> StoreSnapshot:
+    """A hand-built store with every kind of record in a non-initial state: merged, revoked,
+    expired, reported, cancelled, an invite half used, a reverted merge, a long meta value."""
+    alice = Principal("vol-alice", Role.VOLUNTEER, "alice", "alice's box", "tok-alice", "cpu", '{"gpu": "none"}',
+                      1000.25, now_s - 5.0)
+    mallory = Principal("vol-mallory", Role.VOLUNTEER, "mallory", "m", "tok-mallory", "cpu", "{}", 1001.5,
+                        1002.0, revoked=True, revoked_reason="forged numbers")
+    admin = Principal("adm-1", Role.ADMIN, "operator", "operator", "tok-admin", created_s=999.0, last_seen_s=999.0)
+    merged = make_hypothesis(hypothesis_id="hyp-merged", fingerprint="fp-merged", state=HypothesisState.MERGED,
+                             state_reason="merged as c1", merged_commit="c1", constant_changes={"MATRIX_LR": "0.05"},
+                             touched_classes=("cpu",), created_s=1003.0, updated_s=1010.0, priority=0.1)
+    queued = make_hypothesis(hypothesis_id="hyp-queued", fingerprint="fp-queued", priority=2.0,
+                             created_s=1004.0, updated_s=1004.0)
+    units = (
+        make_unit(unit_id="unit-done", state=UnitState.DONE, attempts=1, created_s=1005.0),
+        make_unit("hyp-queued", UnitKind.CANDIDATE, unit_id="unit-queued", priority=2.0,
+                  excluded_volunteers=("vol-elsewhere",), excluded_owners=("nobody",), created_s=1006.0),
+        make_unit(unit_id="unit-leased", state=UnitState.LEASED, attempts=2, created_s=1007.0),
+        make_unit("hyp-merged", UnitKind.REPLICATE, unit_id="unit-cancelled", state=UnitState.CANCELLED,
+                  created_s=1008.0),
+        make_unit(unit_id="unit-mallory", state=UnitState.DONE, attempts=1, created_s=1008.5),
+    )
+    leases = (
+        Lease("lease-done", "unit-done", "vol-alice", "alice", 1009.0, 1700.0, LeaseState.REPORTED,
+              progress_step=40, progress_fraction=1.0, progress_loss=2.5, heartbeat_s=1020.0, ended_s=1030.0),
+        Lease("lease-expired", "unit-leased", "vol-alice", "alice", 1011.0, 1100.0, LeaseState.EXPIRED,
+              ended_s=1101.0, end_reason="deadline passed"),
+        Lease("lease-active", "unit-leased", "vol-alice", "alice", now_s - 1.0, now_s + LONG_LEASE_S, slot=1,
+              heartbeat_s=now_s - 1.0),
+        Lease("lease-mallory", "unit-mallory", "vol-mallory", "mallory", 1012.0, 1800.0, LeaseState.REPORTED,
+              ended_s=1013.0),
+    )
+    results = (
+        ResultRecord("res-alice", "lease-done", "unit-done", UnitKind.BASELINE, "", "cpu", "c0ffee", "vol-alice",
+                     "alice", ok_metrics(1.2345678901234567), a_score(), 1030.0),
+        ResultRecord("res-mallory", "lease-mallory", "unit-mallory", UnitKind.BASELINE, "", "cpu", "c0ffee",
+                     "vol-mallory", "mallory", ok_metrics(0.5), a_score(0.7), 1013.0, counts=False),
+    )
+    return StoreSnapshot(
+        meta={"head_commit": "c2", "flag:c1": "x" * 1000},
+        principals=(alice, mallory, admin),
+        invites=(Invite("inv-half", "alice", 2, 1, 0.0, 998.0), Invite("inv-old", "bob", 1, 0, 999.5, 998.5)),
+        hypotheses=(merged, queued),
+        units=units,
+        leases=leases,
+        results=results,
+        class_stats=(ClassStats("cpu", "c0ffee", 2, 1.2345678901234567, 0.004, 1031.0),
+                     ClassStats("mps", "c0ffee", 3, 1.5, 0.03, 1032.0)),
+        merges=(MergeRecord("c1", "c0ffee", "hyp-merged", "Raise LR", {"cpu": 0.012}, 1040.0, "c2", "mps worse"),
+                MergeRecord("c2", "c1", "", "Revert", {}, 1041.0)),
+    )
+
+
+class SnapshotContract:
+    """11: mixed into StoreContract below, kept apart for reading."""
+
+    @requires("snapshots", "principals", "invites", "hypotheses", "units", "leases", "results", "stats", "merges")
+    def test_import_then_export_gives_the_same_snapshot_and_a_working_store(self, store: Store) -> None:
+        snapshot = a_snapshot(store.now())
+        store.import_snapshot(snapshot)
+        assert store.export_snapshot() == snapshot
+        assert store.find_principal_by_token_hash("tok-alice") == snapshot.principals[0]
+        # Invariants survive the import: fingerprints, invites, revocation, leases, idempotent reports.
+        with pytest.raises(DuplicateError) as duplicate:
+            store.add_hypothesis(make_hypothesis(fingerprint="fp-merged"))
+        assert duplicate.value.original_id == "hyp-merged"
+        joined = store.create_principal(Role.VOLUNTEER, "", "bob", "tok-bob", "cpu", invite_token_hash="inv-half")
+        assert joined.owner == "alice"
+        with pytest.raises(InviteError):
+            store.create_principal(Role.VOLUNTEER, "", "carol", "tok-carol", "cpu", invite_token_hash="inv-half")
+        with pytest.raises(PermissionDeniedError):
+            store.lease_unit("vol-mallory", "mallory", "cpu", LONG_LEASE_S)
+        granted = store.lease_unit("vol-alice", "alice", "cpu", LONG_LEASE_S)
+        assert granted is not None and granted[0].unit_id == "unit-queued" and granted[0].attempts == 1
+        assert store.lease_unit(joined.principal_id, "alice", "cpu", LONG_LEASE_S) is None
+        record, again = store.record_result("lease-done", "vol-alice", ok_metrics(9.0), a_score(), "res-new")
+        assert again and record == snapshot.results[0]
+        fresh = self.report(store, snapshot.principals[0], "lease-active")
+        assert store.get_unit("unit-leased").state == UnitState.DONE
+        assert [r.result_id for r in store.list_results()] == ["res-alice", "res-mallory", fresh.result_id]
+        assert [r.result_id for r in store.list_results(ResultFilter(counting_only=True))] == [
+            "res-alice", fresh.result_id
+        ]
+        assert [m.commit for m in store.list_merges()] == ["c2", "c1"]
+        assert [h.hypothesis_id for h in store.list_hypotheses([HypothesisState.QUEUED])] == ["hyp-queued"]
+        assert store.get_meta("flag:c1") == "x" * 1000
+
+    @requires("snapshots", "hypotheses", "units")
+    def test_import_into_a_store_that_holds_records_is_refused(self, store: Store) -> None:
+        store.set_meta("head_commit", "abc")
+        with pytest.raises(ConflictError):
+            store.import_snapshot(a_snapshot(store.now()))
+        assert store.export_snapshot() == StoreSnapshot(meta={"head_commit": "abc"})
+
+    @requires("snapshots", "principals", "units", "leases", "results")
+    def test_broken_snapshots_are_refused_and_change_nothing(self, store: Store) -> None:
+        good = a_snapshot(store.now())
+        second_active = Lease("lease-2", "unit-leased", "vol-alice", "alice", 1.0, store.now() + 60)
+        broken = {
+            "dangling unit": dataclasses.replace(good, units=(*good.units, make_unit("hyp-404"))),
+            "two active leases": dataclasses.replace(good, leases=(*good.leases, second_active)),
+            "duplicate token": dataclasses.replace(
+                good, principals=(*good.principals, dataclasses.replace(good.principals[0], principal_id="v2"))
+            ),
+            "result off its lease": dataclasses.replace(
+                good, results=(dataclasses.replace(good.results[0], unit_id="unit-queued"),)
+            ),
+            "non-finite": dataclasses.replace(
+                good, class_stats=(ClassStats("cpu", "c9", 1, math.nan, 0.0),)
+            ),
+            "oversize meta": dataclasses.replace(good, meta={"k": "x" * (MAX_META_VALUE_BYTES + 1)}),
+        }
+        for name, snapshot in broken.items():
+            with pytest.raises((InvalidValueError, PayloadTooLargeError)):
+                store.import_snapshot(snapshot)
+            assert store.export_snapshot().is_empty(), name
+
+    @requires("snapshots", "principals", "hypotheses", "units", "leases", "results", "revocation")
+    def test_export_holds_every_write(self, store: Store) -> None:
+        hypothesis = store.add_hypothesis(make_hypothesis())
+        store.enqueue_unit(make_unit(hypothesis.hypothesis_id, UnitKind.CANDIDATE))
+        store.enqueue_unit(make_unit())
+        volunteer, other = add_volunteer(store, "alice"), add_volunteer(store, "bob")
+        _, lease = self.lease(store, volunteer)
+        record = self.report(store, volunteer, lease.lease_id)
+        self.lease(store, other)
+        store.revoke_principal(volunteer.principal_id, "test")
+        store.create_invite("inv-1", "carol", 3)
+        store.put_class_stats(ClassStats("cpu", "c0ffee", 2, 1.25, 0.01))
+        store.add_merge(MergeRecord("c1", "c0ffee", hypothesis.hypothesis_id, "t"))
+        store.set_meta("head_commit", "c1")
+        snapshot = store.export_snapshot()
+        assert snapshot.counts() == {
+            "meta": 1, "principals": 2, "invites": 1, "hypotheses": 1, "units": 2, "leases": 2,
+            "results": 1, "class_stats": 1, "merges": 1,
+        }
+        assert snapshot.results == (dataclasses.replace(record, counts=False),)
+        assert [p.revoked for p in snapshot.principals] == [True, False]
+        assert [lease.state for lease in snapshot.leases] == [LeaseState.REPORTED, LeaseState.ACTIVE]
+        assert snapshot.hypotheses == (store.get_hypothesis(hypothesis.hypothesis_id),)
+
+
 # -- the contract -------------------------------------------------------------------------------------
 
 
-class StoreContract:
+class StoreContract(SnapshotContract):
     CAPABILITIES: frozenset[str] = ALL_CAPABILITIES
     STORE_OPENER = "coordinator.store.base:open_store"
     # A lease meant to expire during a test, and how far advance_clock moves to get past it. With

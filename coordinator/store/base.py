@@ -24,6 +24,10 @@ Invariants
    `excluded_volunteers` or whose owner is in `excluded_owners`.
 10. Revocation is remembered: a revoked principal stays revoked; its results keep their data but
     `counts` becomes false, and policy reads only counting results.
+11. Snapshots are whole. `export_snapshot` returns every record as of one moment (one read
+    transaction / one script); `import_snapshot` writes one into an empty store, keeping ids,
+    stamps, states and order, all or nothing. Export after import gives the same snapshot, on
+    either backend (backups, restores and SQLite -> Redis migration rely on it).
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ import math
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 
-from coordinator.store.errors import InvalidValueError, PayloadTooLargeError
+from coordinator.store.errors import ConflictError, InvalidValueError, PayloadTooLargeError
 from coordinator.store.types import (
     MAX_ENVIRONMENT_ENTRIES,
     MAX_ERROR_BYTES,
+    MAX_HARDWARE_JSON_BYTES,
     MAX_LIST_ENTRIES,
     MAX_LOG_TAIL_BYTES,
+    MAX_META_VALUE_BYTES,
     MAX_PATCH_BYTES,
     MAX_PROFILES_BYTES,
     MAX_RATIONALE_BYTES,
@@ -56,6 +62,7 @@ from coordinator.store.types import (
     HypothesisState,
     Invite,
     Lease,
+    LeaseState,
     MergeRecord,
     NormalizedScore,
     Principal,
@@ -286,6 +293,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_merges(self, limit: int = 100) -> list[MergeRecord]:
         """Newest first."""
+
+    # -- whole-store snapshots (backup, restore, migration) -----------------------------------
+    # Not abstract, so a backend written before them still loads; both shipped backends have them.
+
+    def export_snapshot(self) -> StoreSnapshot:
+        """Every record as of one moment (invariant 11), each kind in insertion order."""
+        raise NotImplementedError(f"{type(self).__name__} cannot export snapshots")
+
+    def import_snapshot(self, snapshot: StoreSnapshot) -> None:
+        """Write `snapshot` into this store, which must hold no record (ConflictError otherwise),
+        keeping every id, stamp, state and the order of each kind. A snapshot that breaks the
+        store's invariants (dangling references, duplicate ids or tokens, two active leases of one
+        unit, bad values) raises InvalidValueError. All or nothing."""
+        raise NotImplementedError(f"{type(self).__name__} cannot import snapshots")
 
 
 def validate_texts(fields: Mapping[str, tuple[str, int]]) -> None:
@@ -577,6 +598,176 @@ def record_from_row(record_type: type[_R], row: Mapping[str, object]) -> _R:
     return record_type(**{name: _revive(hint, row[name]) for name, hint in hints.items() if name in present})
 
 
+# -- whole-store snapshots ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSnapshot:
+    """Every record of a store at one moment; each kind in insertion order (merges oldest first)."""
+
+    meta: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    principals: tuple[Principal, ...] = ()
+    invites: tuple[Invite, ...] = ()
+    hypotheses: tuple[Hypothesis, ...] = ()
+    units: tuple[WorkUnit, ...] = ()
+    leases: tuple[Lease, ...] = ()
+    results: tuple[ResultRecord, ...] = ()
+    class_stats: tuple[ClassStats, ...] = ()
+    merges: tuple[MergeRecord, ...] = ()
+
+    def record_ids(self) -> dict[str, list[str]]:
+        """The key of every record, per kind (what a restore or migration verifies)."""
+        return {
+            "meta": sorted(self.meta),
+            "principals": [p.principal_id for p in self.principals],
+            "invites": [i.token_hash for i in self.invites],
+            "hypotheses": [h.hypothesis_id for h in self.hypotheses],
+            "units": [u.unit_id for u in self.units],
+            "leases": [lease.lease_id for lease in self.leases],
+            "results": [r.result_id for r in self.results],
+            "class_stats": [f"{s.hardware_class}@{s.commit}" for s in self.class_stats],
+            "merges": [m.commit for m in self.merges],
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(ids) for kind, ids in self.record_ids().items()}
+
+    def is_empty(self) -> bool:
+        return not any(self.counts().values())
+
+
+def _unique(kind: str, keys: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise InvalidValueError(f"snapshot holds {kind} {key!r} twice")
+        seen.add(key)
+    return seen
+
+
+def _typed(kind: str, records: object, record_type: type) -> tuple[typing.Any, ...]:
+    items = tuple(records)  # type: ignore[call-overload]
+    for item in items:
+        if not isinstance(item, record_type):
+            raise InvalidValueError(f"snapshot {kind} must be {record_type.__name__} records, got {item!r:.80}")
+    return items
+
+
+def check_snapshot(snapshot: StoreSnapshot) -> StoreSnapshot:
+    """Every record within its limits and every reference resolved, before a backend writes any
+    of it (invariant 2). Returns the snapshot with enum fields coerced from their values."""
+    if not isinstance(snapshot, StoreSnapshot):
+        raise InvalidValueError(f"expected a StoreSnapshot, got {type(snapshot).__name__}")
+    if not isinstance(snapshot.meta, Mapping):
+        raise InvalidValueError("snapshot meta must be a mapping")
+    meta = dict(snapshot.meta)
+    for key, value in meta.items():
+        check_text("meta key", key, required=True)
+        check_text(f"meta[{key}]", value, MAX_META_VALUE_BYTES)
+
+    principals = []
+    for p in _typed("principals", snapshot.principals, Principal):
+        for name in ("principal_id", "token_hash"):
+            check_text(name, getattr(p, name), required=True)
+        for name in ("owner", "display_name", "hardware_class"):
+            check_text(name, getattr(p, name))
+        check_json("hardware_json", p.hardware_json, MAX_HARDWARE_JSON_BYTES)
+        check_text("revoked_reason", p.revoked_reason, MAX_REASON_BYTES)
+        validate_numbers({"created_s": p.created_s, "last_seen_s": p.last_seen_s})
+        principals.append(dataclasses.replace(p, role=check_enum(Role, "role", p.role), revoked=bool(p.revoked)))
+    _unique("principal", (p.principal_id for p in principals))
+    _unique("principal token hash", (p.token_hash for p in principals))
+
+    invites = _typed("invites", snapshot.invites, Invite)
+    for invite in invites:
+        check_text("token_hash", invite.token_hash, required=True)
+        check_text("owner", invite.owner, required=True)
+        check_count("max_uses", invite.max_uses, minimum=1)
+        check_count("uses", invite.uses)
+        validate_numbers({"expires_s": invite.expires_s, "created_s": invite.created_s})
+    _unique("invite", (i.token_hash for i in invites))
+
+    hypotheses = [check_hypothesis(h) for h in _typed("hypotheses", snapshot.hypotheses, Hypothesis)]
+    for h in hypotheses:
+        validate_numbers({"created_s": h.created_s, "updated_s": h.updated_s})
+    hypothesis_ids = _unique("hypothesis", (h.hypothesis_id for h in hypotheses))
+    _unique("hypothesis fingerprint", (h.fingerprint for h in hypotheses))
+
+    units = []
+    for unit in _typed("units", snapshot.units, WorkUnit):
+        state = check_enum(UnitState, "state", unit.state)
+        attempts = check_count("attempts", unit.attempts)
+        fresh = check_unit(dataclasses.replace(unit, state=UnitState.QUEUED, attempts=0))
+        validate_numbers({"created_s": unit.created_s})
+        if fresh.hypothesis_id and fresh.hypothesis_id not in hypothesis_ids:
+            raise InvalidValueError(f"unit {unit.unit_id} names unknown hypothesis {unit.hypothesis_id!r}")
+        units.append(dataclasses.replace(fresh, state=state, attempts=attempts))
+    unit_ids = _unique("unit", (u.unit_id for u in units))
+
+    leases = []
+    for lease in _typed("leases", snapshot.leases, Lease):
+        for name in ("lease_id", "unit_id", "volunteer_id"):
+            check_text(name, getattr(lease, name), required=True)
+        check_text("owner", lease.owner)
+        check_text("end_reason", lease.end_reason, MAX_REASON_BYTES)
+        check_count("slot", lease.slot)
+        check_count("progress_step", lease.progress_step)
+        validate_numbers(
+            {name: getattr(lease, name) for name in ("issued_s", "deadline_s", "progress_fraction",
+                                                     "progress_loss", "heartbeat_s", "ended_s")}
+        )
+        if lease.unit_id not in unit_ids:
+            raise InvalidValueError(f"lease {lease.lease_id} names unknown unit {lease.unit_id!r}")
+        leases.append(dataclasses.replace(lease, state=check_enum(LeaseState, "state", lease.state)))
+    _unique("lease", (lease.lease_id for lease in leases))
+    _unique("active lease of unit", (lease.unit_id for lease in leases if lease.state == LeaseState.ACTIVE))
+    lease_units = {lease.lease_id: lease.unit_id for lease in leases}
+
+    results = []
+    for r in _typed("results", snapshot.results, ResultRecord):
+        for name in ("result_id", "lease_id", "unit_id", "hardware_class", "volunteer_id"):
+            check_text(name, getattr(r, name), required=True)
+        for name in ("hypothesis_id", "base_commit", "owner"):
+            check_text(name, getattr(r, name))
+        validate_numbers({"reported_s": r.reported_s})
+        if lease_units.get(r.lease_id) != r.unit_id:
+            raise InvalidValueError(f"result {r.result_id} does not match a lease of unit {r.unit_id!r}")
+        results.append(
+            dataclasses.replace(
+                r, kind=check_enum(UnitKind, "kind", r.kind), metrics=check_metrics(r.metrics),
+                score=check_score(r.score), counts=bool(r.counts),
+            )
+        )
+    _unique("result", (r.result_id for r in results))
+    _unique("result of lease", (r.lease_id for r in results))
+
+    class_stats = [check_class_stats(s) for s in _typed("class_stats", snapshot.class_stats, ClassStats)]
+    for stats in class_stats:
+        validate_numbers({"updated_s": stats.updated_s})
+    _unique("class stats", (f"{s.hardware_class}@{s.commit}" for s in class_stats))
+    merges = [check_merge(m) for m in _typed("merges", snapshot.merges, MergeRecord)]
+    for merge in merges:
+        validate_numbers({"merged_s": merge.merged_s})
+    _unique("merge", (m.commit for m in merges))
+    return StoreSnapshot(
+        meta=meta,  # type: ignore[arg-type]
+        principals=tuple(principals),
+        invites=invites,
+        hypotheses=tuple(hypotheses),
+        units=tuple(units),
+        leases=tuple(leases),
+        results=tuple(results),
+        class_stats=tuple(class_stats),
+        merges=tuple(merges),
+    )
+
+
+def refuse_unless_empty(what: str, non_empty: Sequence[str]) -> None:
+    """ConflictError naming the kinds of record a store that should be empty already holds."""
+    if non_empty:
+        raise ConflictError(f"{what} is not empty (it holds {', '.join(non_empty)}); import into an empty store")
+
+
 def open_store(url: str) -> Store:
     """`sqlite:///path/to/state.sqlite` (or a bare path) or `redis://host:port/db[?prefix=name]`."""
     if url.startswith("redis://") or url.startswith("rediss://") or url.startswith("unix://"):
@@ -609,6 +800,9 @@ __all__: Sequence[str] = [
     "check_class_stats",
     "check_merge",
     "check_result_filter",
+    "check_snapshot",
+    "refuse_unless_empty",
+    "StoreSnapshot",
     "result_matches",
     "to_json",
     "record_to_row",

@@ -25,6 +25,7 @@ from coordinator.store import redis_keys as keys
 from coordinator.store.base import (
     RowValue,
     Store,
+    StoreSnapshot,
     check_class_stats,
     check_count,
     check_enum,
@@ -36,10 +37,12 @@ from coordinator.store.base import (
     check_positive,
     check_result_filter,
     check_score,
+    check_snapshot,
     check_text,
     check_unit,
     record_from_row,
     record_to_row,
+    refuse_unless_empty,
     result_matches,
     to_json,
     validate_numbers,
@@ -64,6 +67,7 @@ from coordinator.store.types import (
     HypothesisState,
     Invite,
     Lease,
+    LeaseState,
     MergeRecord,
     NormalizedScore,
     Principal,
@@ -464,6 +468,28 @@ if not m then fail('NotFound', 'unknown merge ' .. ARGV[2]) end
 if m.reverted_by ~= '' then fail('Conflict', 'merge ' .. ARGV[2] .. ' was already reverted by ' .. m.reverted_by) end
 redis.call('HSET', key_merge(ARGV[2]), 'reverted_by', ARGV[3], 'revert_reason', ARGV[4])
 return redis.call('HGETALL', key_merge(ARGV[2]))
+""",
+    # ARGV: the KEYS pattern of invites (they have no index). Every record in one reply: a script
+    # runs alone, so the snapshot is consistent (a backup blocks the server while it reads).
+    "export_snapshot": r"""
+local function all_records(index, record_key)
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do out[#out + 1] = redis.call('HGETALL', record_key(id)) end
+  return out
+end
+local invites = {}
+for _, key in ipairs(redis.call('KEYS', ARGV[2])) do invites[#invites + 1] = redis.call('HGETALL', key) end
+return {
+  redis.call('HGETALL', KEY_META),
+  all_records(KEY_PRINCIPALS, key_principal),
+  invites,
+  all_records(KEY_HYPOTHESES, key_hypothesis),
+  all_records(KEY_UNITS, key_unit),
+  all_records(KEY_LEASES, key_lease),
+  all_records(KEY_RESULTS, key_result),
+  redis.call('HVALS', KEY_CLASS_STATS),
+  all_records(KEY_MERGES, key_merge),
+}
 """,
     # ARGV: record key root, exclusive start score ('-inf' or '(N'), limit, reverse (1/0), index keys...
     # One consistent page of records, in score order across the given indexes.
@@ -928,6 +954,117 @@ class RedisStore(Store):
         check_limit(limit)
         rows = self._page(keys.MERGE, [self.keys.key(keys.MERGES)], "+inf", limit, reverse=True)
         return [record_from_row(MergeRecord, row) for row in rows]
+
+    # -- whole-store snapshots ------------------------------------------------------------------
+
+    def _invite_pattern(self) -> str:
+        return self.keys.pattern()[:-1] + keys.INVITE.format("*")
+
+    def export_snapshot(self) -> StoreSnapshot:
+        (meta, principals, invites, hypotheses, units, leases, results, class_stats, merges) = self._run(
+            "export_snapshot", self._invite_pattern()
+        )
+
+        def records(record_type: type[Any], flats: Sequence[Sequence[str]]) -> tuple[Any, ...]:
+            return tuple(record_from_row(record_type, _as_dict(flat)) for flat in flats)
+
+        stats = sorted(
+            (record_from_row(ClassStats, json.loads(value)) for value in class_stats),
+            key=lambda s: (s.hardware_class, s.commit),
+        )
+        return StoreSnapshot(
+            meta=dict(sorted(_as_dict(meta).items())),
+            principals=records(Principal, principals),
+            invites=tuple(sorted(records(Invite, invites), key=lambda i: (i.created_s, i.token_hash))),
+            hypotheses=records(Hypothesis, hypotheses),
+            units=records(WorkUnit, units),
+            leases=records(Lease, leases),
+            results=records(ResultRecord, results),
+            class_stats=tuple(stats),
+            merges=records(MergeRecord, merges),
+        )
+
+    def import_snapshot(self, snapshot: StoreSnapshot) -> None:
+        snapshot = check_snapshot(snapshot)
+        k = self.keys
+        sequence = k.key(keys.SEQUENCE)
+        with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                # WATCH, then check emptiness, then MULTI/EXEC: a record written meanwhile by anyone
+                # bumps the sequence (or meta / class stats) and the import is refused whole.
+                pipe.watch(sequence, k.key(keys.META), k.key(keys.CLASS_STATS))
+                found = next(self._redis.scan_iter(match=k.pattern(), count=1000), None)
+                refuse_unless_empty(f"redis store {k.prefix!r}", [found] if found else [])
+                pipe.multi()
+                self._queue_import(pipe, snapshot)
+                pipe.execute()
+            except redis.WatchError:
+                raise ConflictError(f"redis store {k.prefix!r} changed during the import; nothing was written") from None
+
+    def _queue_import(self, pipe: redis.client.Pipeline, snapshot: StoreSnapshot) -> None:
+        """The same keys and indexes the scripts maintain, with fresh seqs in snapshot order."""
+        k = self.keys
+        seq = 0
+
+        def next_seq() -> int:
+            nonlocal seq
+            seq += 1
+            return seq
+
+        if snapshot.meta:
+            pipe.hset(k.key(keys.META), mapping=dict(snapshot.meta))
+        for p in snapshot.principals:
+            n = next_seq()
+            pipe.hset(k.key(keys.PRINCIPAL, p.principal_id), mapping={**record_to_row(p), "seq": n})
+            pipe.zadd(k.key(keys.PRINCIPALS), {p.principal_id: n})
+            pipe.zadd(k.key(keys.PRINCIPALS_BY_OWNER, p.owner), {p.principal_id: n})
+            pipe.hset(k.key(keys.PRINCIPAL_BY_TOKEN), p.token_hash, p.principal_id)
+        for invite in snapshot.invites:
+            pipe.hset(k.key(keys.INVITE, invite.token_hash), mapping=record_to_row(invite))
+        for h in snapshot.hypotheses:
+            n = next_seq()
+            pipe.hset(k.key(keys.HYPOTHESIS, h.hypothesis_id), mapping={**record_to_row(h), "seq": n})
+            pipe.zadd(k.key(keys.HYPOTHESES), {h.hypothesis_id: n})
+            pipe.zadd(k.key(keys.HYPOTHESES_BY_STATE, h.state.value), {h.hypothesis_id: n})
+            pipe.hset(k.key(keys.HYPOTHESIS_BY_FINGERPRINT), h.fingerprint, h.hypothesis_id)
+        for u in snapshot.units:
+            n = next_seq()
+            rank = UNIT_KIND_RANK[u.kind]
+            pipe.hset(k.key(keys.UNIT, u.unit_id), mapping={**record_to_row(u), "kind_rank": rank, "seq": n})
+            pipe.zadd(k.key(keys.UNITS), {u.unit_id: n})
+            if u.hypothesis_id:
+                pipe.zadd(k.key(keys.UNITS_BY_HYPOTHESIS, u.hypothesis_id), {u.unit_id: n})
+            pipe.zadd(k.key(keys.UNITS_BY_STATE, u.state.value), {u.unit_id: n})
+            if u.state == UnitState.QUEUED:
+                member = f"{n:016d}:{u.unit_id}"  # the scripts' queue_member()
+                pipe.zadd(k.key(keys.QUEUE, str(rank), u.hardware_class), {member: -float(u.priority)})
+        for lease in snapshot.leases:
+            n = next_seq()
+            pipe.hset(k.key(keys.LEASE, lease.lease_id), mapping={**record_to_row(lease), "seq": n})
+            pipe.zadd(k.key(keys.LEASES), {lease.lease_id: n})
+            if lease.state == LeaseState.ACTIVE:
+                pipe.zadd(k.key(keys.LEASES_ACTIVE), {lease.lease_id: lease.deadline_s})
+        for r in snapshot.results:
+            n = next_seq()
+            row = {**record_to_row(r), "status": r.metrics.status.value, "seq": n}
+            pipe.hset(k.key(keys.RESULT, r.result_id), mapping=row)
+            pipe.zadd(k.key(keys.RESULTS), {r.result_id: n})
+            pipe.zadd(k.key(keys.RESULTS_BY_CLASS, r.hardware_class), {r.result_id: n})
+            pipe.zadd(k.key(keys.RESULTS_BY_VOLUNTEER, r.volunteer_id), {r.result_id: n})
+            if r.hypothesis_id:
+                pipe.zadd(k.key(keys.RESULTS_BY_HYPOTHESIS, r.hypothesis_id), {r.result_id: n})
+            pipe.hset(k.key(keys.RESULT_BY_LEASE), r.lease_id, r.result_id)
+        for stats in snapshot.class_stats:
+            pipe.hset(
+                k.key(keys.CLASS_STATS),
+                self._stats_field(stats.hardware_class, stats.commit),
+                json.dumps(record_to_row(stats)),
+            )
+        for m in snapshot.merges:
+            n = next_seq()
+            pipe.hset(k.key(keys.MERGE, m.commit), mapping={**record_to_row(m), "seq": n})
+            pipe.zadd(k.key(keys.MERGES), {m.commit: n})
+        pipe.set(k.key(keys.SEQUENCE), seq)
 
     # -- housekeeping -------------------------------------------------------------------------------
 

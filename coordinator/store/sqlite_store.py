@@ -20,6 +20,7 @@ from typing import TypeVar
 from coordinator.store.base import (
     RowValue,
     Store,
+    StoreSnapshot,
     check_class_stats,
     check_count,
     check_enum,
@@ -31,10 +32,12 @@ from coordinator.store.base import (
     check_positive,
     check_result_filter,
     check_score,
+    check_snapshot,
     check_text,
     check_unit,
     record_from_row,
     record_to_row,
+    refuse_unless_empty,
     validate_numbers,
 )
 from coordinator.store.errors import (
@@ -139,6 +142,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 
 _T = TypeVar("_T")
+
+# Every table that holds records (what an import requires to be empty).
+_SNAPSHOT_TABLES = ("meta", "principals", "invites", "hypotheses", "units", "leases", "results", "class_stats", "merges")
 
 
 class SchemaError(StoreError):
@@ -834,6 +840,53 @@ class SqliteStore(Store):
         with self._transaction(write=False) as conn:
             rows = conn.execute("SELECT * FROM merges ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [record_from_row(MergeRecord, row) for row in rows]
+
+    # -- whole-store snapshots ------------------------------------------------------------------
+
+    def export_snapshot(self) -> StoreSnapshot:
+        # One read transaction: WAL gives it a single consistent view while writers go on.
+        with self._transaction(write=False) as conn:
+
+            def rows(record_type: type[_T], query: str) -> tuple[_T, ...]:
+                return tuple(record_from_row(record_type, row) for row in conn.execute(query).fetchall())
+
+            return StoreSnapshot(
+                meta={row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM meta ORDER BY key")},
+                principals=rows(Principal, "SELECT * FROM principals ORDER BY seq"),
+                invites=rows(Invite, "SELECT * FROM invites ORDER BY created_s, token_hash"),
+                hypotheses=rows(Hypothesis, "SELECT * FROM hypotheses ORDER BY seq"),
+                units=rows(WorkUnit, "SELECT * FROM units ORDER BY seq"),
+                leases=rows(Lease, "SELECT * FROM leases ORDER BY seq"),
+                results=rows(ResultRecord, "SELECT * FROM results ORDER BY seq"),
+                class_stats=rows(ClassStats, 'SELECT * FROM class_stats ORDER BY hardware_class, "commit"'),
+                merges=rows(MergeRecord, "SELECT * FROM merges ORDER BY seq"),
+            )
+
+    def import_snapshot(self, snapshot: StoreSnapshot) -> None:
+        snapshot = check_snapshot(snapshot)
+        with self._transaction(write=True) as conn:
+            refuse_unless_empty(
+                self.path,
+                [table for table in _SNAPSHOT_TABLES if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()],
+            )
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(snapshot.meta.items()))
+            # Rows go in in snapshot order, so each table's seq keeps the original insertion order.
+            for principal in snapshot.principals:
+                _insert(conn, "principals", record_to_row(principal))
+            for invite in snapshot.invites:
+                _insert(conn, "invites", record_to_row(invite))
+            for hypothesis in snapshot.hypotheses:
+                _insert(conn, "hypotheses", record_to_row(hypothesis))
+            for unit in snapshot.units:
+                _insert(conn, "units", {**record_to_row(unit), "kind_rank": UNIT_KIND_RANK[unit.kind]})
+            for lease in snapshot.leases:
+                _insert(conn, "leases", record_to_row(lease))
+            for result in snapshot.results:
+                _insert(conn, "results", {**record_to_row(result), "status": result.metrics.status.value})
+            for stats in snapshot.class_stats:
+                _insert(conn, "class_stats", record_to_row(stats))
+            for merge in snapshot.merges:
+                _insert(conn, "merges", record_to_row(merge))
 
     # -- checks -------------------------------------------------------------------------------------
 
