@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from autoswarm.v1 import swarm_pb2_grpc as pb_grpc
 from coordinator.branch import GlobalBranch
+from coordinator.ops import BranchMirror
 from coordinator.service.auth import AuthInterceptor, PrincipalCache, hash_token, new_token
 from coordinator.service.core import CoordinatorCore, SwarmConfig
 from coordinator.service.servicer import AdminServicer, Blocking, CoordinatorServicer
@@ -113,6 +114,10 @@ class CoordinatorServer:
 
             swarm = SwarmConfig(**{**swarm.__dict__, "data_manifest_id": get_manifest(swarm.dataset).manifest_id})
         self.core = CoordinatorCore(self.store, self.branch, self.signer, swarm)
+        self.mirror: BranchMirror | None = None
+        if options.mirror_url:
+            self.mirror = BranchMirror(self.branch, options.mirror_url)
+            self.core.on_branch_moved = self.mirror.request
         ensure_admin_token(self.store, data_dir)
         self.run_blocking = Blocking()
         self.cache = PrincipalCache(self.store)
@@ -155,6 +160,8 @@ class CoordinatorServer:
 
             serve_metrics(self.options.metrics_port)
         self._maintenance = asyncio.create_task(self._maintain())
+        if self.mirror is not None:
+            self.mirror.start()
         host = self.options.listen.rsplit(":", 1)[0]
         address = f"{host}:{self.port}"
         ready = {"address": address, "pid": os.getpid(), "public_key": self.signer.public_key.hex()}
@@ -179,6 +186,8 @@ class CoordinatorServer:
         if self._server is not None:
             await self._server.stop(grace_s)
         self.run_blocking.shutdown()
+        if self.mirror is not None:
+            self.mirror.stop()
         self.store.close()
 
     async def serve_forever(self) -> None:

@@ -2,6 +2,10 @@
 
 Operator commands talk to a running coordinator with the admin token written to the data dir on
 first start (`--admin-token-file DIR/admin.token`, or $AUTOSWARM_TOKEN).
+
+State commands work on the data dir and store directly (coordinator/ops.py): `backup` (safe while
+serving), `restore` (into an empty data dir and store), `migrate` (SQLite -> Redis; stop the
+coordinator first), and `health` (the container's health check, through the gRPC health service).
 """
 
 from __future__ import annotations
@@ -39,6 +43,37 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy-json", default=env("AUTOSWARM_POLICY_JSON", ""),
                    help="acceptance settings overrides as JSON (see coordinator/policy/README.md)")
     p.add_argument("--log-json", action="store_true", help="structured (JSON lines) logs")
+    p.add_argument("--mirror-url", default=env("AUTOSWARM_MIRROR_URL", ""),
+                   help="push the global branch to this git remote after every merge (optional)")
+
+
+def _state_parsers(sub: argparse._SubParsersAction) -> None:
+    env = os.environ.get
+
+    def where(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=env("AUTOSWARM_DATA_DIR", "coordinator-data"), type=Path)
+        p.add_argument("--store", default=env("AUTOSWARM_STORE", ""),
+                       help="the coordinator's store URL (default: SQLite inside the data dir)")
+
+    p = sub.add_parser("backup", help="archive the store, the global branch and the signing key (safe while serving)")
+    where(p)
+    p.add_argument("--branch", default=env("AUTOSWARM_BRANCH", "global"))
+    p.add_argument("--output", "-o", type=Path, required=True, help="archive to write (.tar.gz, mode 0600)")
+    p = sub.add_parser("restore", help="rebuild a coordinator from a backup into an empty data dir and store")
+    p.add_argument("archive", type=Path)
+    where(p)
+    p = sub.add_parser("migrate", help="copy every record from one store to another, empty one (stop the coordinator)")
+    p.add_argument("--from", dest="source", required=True, help="source store URL (e.g. sqlite:///DIR/state.sqlite)")
+    p.add_argument("--to", dest="target", required=True, help="target store URL (e.g. redis://HOST:6379/0)")
+    p = sub.add_parser("health", help="exit 0 when the coordinator's gRPC health service says SERVING")
+    p.add_argument("--address", default="", help="HOST:PORT (default: loopback at the port of $AUTOSWARM_LISTEN)")
+    p.add_argument("--tls-cert", type=Path, default=env("AUTOSWARM_TLS_CERT") or None,
+                   help="the server's certificate: speak TLS and verify it (default $AUTOSWARM_TLS_CERT)")
+    p.add_argument("--tls-ca", type=Path, default=env("AUTOSWARM_TLS_CA") or None,
+                   help="CA to verify with (default: the certificate itself when self-signed, else public roots)")
+    p.add_argument("--server-name", default=env("AUTOSWARM_TLS_SERVER_NAME", ""),
+                   help="name to check the certificate against (default: its first DNS name)")
+    p.add_argument("--timeout-s", type=float, default=5.0)
 
 
 def _admin_parsers(sub: argparse._SubParsersAction) -> None:
@@ -97,12 +132,43 @@ def _admin_client(args: argparse.Namespace) -> object:
     return CoordinatorClient(args.coordinator, token, tls_ca=args.tls_ca)
 
 
+def _state_command(args: argparse.Namespace) -> int:
+    from coordinator import ops
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "backup":
+            manifest = ops.backup(args.data_dir, args.output, args.store, args.branch)
+            print(json.dumps({"archive": str(args.output), "head": manifest.head, "store_dump": manifest.store_dump,
+                              "public_key": manifest.public_key, "counts": manifest.counts}))
+        elif args.command == "restore":
+            report = ops.restore(args.archive, args.data_dir, args.store)
+            print(json.dumps({"data_dir": str(args.data_dir), "head": report.head,
+                              "public_key": report.public_key, "counts": report.counts}))
+        elif args.command == "migrate":
+            report = ops.migrate(args.source, args.target)
+            print(json.dumps({"counts": report.counts}))
+        else:
+            address = args.address or ops.local_address(os.environ.get("AUTOSWARM_LISTEN", "127.0.0.1:50051"))
+            tls = ops.tls_probe_for(args.tls_cert, args.tls_ca, args.server_name) if args.tls_cert else None
+            serving = ops.check_health(address, tls, args.timeout_s)
+            print(f"{address}: {'SERVING' if serving else 'NOT SERVING'}")
+            return 0 if serving else 1
+    except ops.OpsError as exc:
+        print(f"autoswarm coordinator {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoswarm coordinator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _admin_parsers(sub)
+    _state_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in ("backup", "restore", "migrate", "health"):
+        return _state_command(args)
 
     if args.command == "serve":
         from coordinator.server import ServerOptions, serve
@@ -128,6 +194,7 @@ def main(argv: list[str]) -> int:
             tls_key=args.tls_key,
             metrics_port=args.metrics_port,
             branch_name=args.branch,
+            mirror_url=args.mirror_url,
             swarm=swarm,
         )
         serve(options)

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from coordinator import branch as branch_mod
@@ -115,6 +115,8 @@ class CoordinatorCore:
         )
         self.view = StoreView(store, branch, self.settings.online_window_s)
         self.proposer = Proposer(seed=0)
+        # Called with the new head after every merge or revert (the server's branch mirror).
+        self.on_branch_moved: Callable[[str], None] | None = None
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -432,6 +434,7 @@ class CoordinatorCore:
             state_reason=f"merged as {commit[:10]}",
         )
         self.store.set_meta(META_HEAD, commit)
+        self._branch_moved(commit)
         from coordinator.service.metrics import METRICS
 
         METRICS.merges.inc()
@@ -461,10 +464,15 @@ class CoordinatorCore:
         except NotFoundError:
             pass
         self.store.set_meta(META_HEAD, revert_commit)
+        self._branch_moved(revert_commit)
         from coordinator.service.metrics import METRICS
 
         METRICS.reverts.inc()
         self.plan()
+
+    def _branch_moved(self, head: str) -> None:
+        if self.on_branch_moved is not None:
+            self.on_branch_moved(head)
 
     def plan(self) -> int:
         """One policy pass: cancel stale units, judge open hypotheses, top up baselines and
