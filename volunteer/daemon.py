@@ -646,6 +646,10 @@ class Volunteer:
         except trust.KeyChangedError as exc:
             self.display.error(str(exc))
             return EXIT_TRUST
+        except Exception as exc:  # a bug or an environment problem: one clear line, the details in the log
+            log.exception("set-up failed")
+            self.display.error(f"set-up failed: {type(exc).__name__}: {exc}")
+            return EXIT_SETUP
         assert self.client is not None and self.executor is not None
         self.deliverer = SpoolDeliverer(
             self.spool, self.client, on_acknowledged=self._on_acknowledged,

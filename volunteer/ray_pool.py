@@ -43,7 +43,7 @@ log = logging.getLogger("autoswarm.volunteer.ray")
 POLL_S = 0.5
 BOARD_TIMEOUT_S = 10.0
 NODE_HEARTBEAT_S = 1.0
-LOCAL_START_ATTEMPTS = 2  # how often a task posts progress and looks for a cancel
+LOCAL_START_ATTEMPTS = 3  # Ray waits a fixed 30 s for its raylet; a busy host can miss that  # how often a task posts progress and looks for a cancel
 
 
 class RayPoolError(RuntimeError):
@@ -135,7 +135,7 @@ class RayExecutor:
             try:
                 ray.init(**init_kwargs)
                 break
-            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            except Exception as exc:  # Ray raises bare Exceptions for start-up timeouts
                 if attempt < attempts:  # a busy host can miss Ray's start-up timeouts; once more
                     log.warning("starting a local Ray cluster failed (%s); trying again", exc)
                     with contextlib.suppress(Exception):
