@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from test_volunteer_support import (
 
 from autoswarm.v1 import swarm_pb2 as pb
 from volunteer import trust
+from volunteer.daemon import LocalExecutor
 from volunteer.monitor import Ending, HeartbeatVerdict, UnitJob, UnitMonitor, kill_deadline_s
 from volunteer.sandbox import NetworkMode, default_limits, probe_network_isolation, scrub_env
 
@@ -65,7 +67,8 @@ def test_hanging_trainer_is_killed_at_the_deadline_and_its_environment_holds_no_
         return HeartbeatVerdict()
 
     started = time.monotonic()
-    outcome = UnitMonitor(job, heartbeat).run()
+    # Slot 1 of a two-GPU volunteer (--gpus 0,3): its trainer sees only GPU 3.
+    outcome = LocalExecutor([0, 3]).execute(1, job, heartbeat, lambda progress: None, threading.Event())
     elapsed = time.monotonic() - started
     assert outcome.result.status == pb.RUN_STATUS_TIMEOUT, outcome.result
     assert job.kill_after_s == 6.0 and 6.0 <= elapsed < 6.0 + 15.0
@@ -76,6 +79,7 @@ def test_hanging_trainer_is_killed_at_the_deadline_and_its_environment_holds_no_
     assert not leaked, leaked
     assert not [k for k in trainer_env if k.startswith("AUTOSWARM_") and k not in ("AUTOSWARM_CACHE_DIR", "AUTOSWARM_RUN_CONFIG")]
     assert "MY_API_KEY" not in trainer_env and "AUTOSWARM_TOKEN" not in trainer_env
+    assert trainer_env["CUDA_VISIBLE_DEVICES"] == "3"
     assert outcome.result.environment["volunteer_network_isolated"] == ("true" if job.isolation.enabled else "false")
 
 

@@ -317,3 +317,27 @@ def test_human_display_without_a_terminal_prints_plain_lines():
     text = stream.getvalue()
     assert "running baseline" in text and "100%" in text and "\r" not in text
     assert text.count("|") <= 2 * 12  # a line per tenth of the budget, not one per update
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_display_redraws_bars_in_place_with_the_last_score():
+    stream = _Terminal()
+    display = Display(LogMode.HUMAN, stream)
+    assert display.live
+    units = [fake_unit(f"lease_{i}", "x = 1\n", budget_s=2, manifest_id="m") for i in range(2)]
+    for slot, unit in enumerate(units):
+        display.run_started(slot, unit)
+        display.progress(slot, unit, Progress(step=5, fraction=0.5, loss=2.5))
+    score = pb.NormalizedScore(has_baseline=True, baseline_val_bpb=1.6, delta_bpb=0.002, delta_percent=0.1)
+    display.acknowledged("lease_x", pb.ReportResultResponse(result_id="res_x", score=score), "cpu val_bpb 1.5000")
+    display.progress(0, units[0], Progress(step=6, fraction=0.75, loss=2.4))
+    last_frame = stream.getvalue().rsplit("\r\033[K", 1)[1]
+    assert "[0] |##################......|  75%" in last_frame and "[1] |" in last_frame
+    assert "last +0.0020 bpb, best cpu val_bpb 1.5000" in last_frame
+    display.run_finished(0, units[0], RunOutcome(Ending.FINISHED, pb.RunResult(status=pb.RUN_STATUS_OK, val_bpb=1.5), 9.0))
+    assert "[slot 0] ok: val_bpb 1.500000" in stream.getvalue()
+    display.close()

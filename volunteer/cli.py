@@ -63,7 +63,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nice", type=int, default=int(_env("AUTOSWARM_NICE", "10")),
                    help="CPU priority decrease for the trainer, to keep this machine responsive (default 10)")
     p.add_argument("--startup-allowance-s", type=float,
-                   default=float(_env("AUTOSWARM_STARTUP_ALLOWANCE_S", "120")),
+                   default=float(_env("AUTOSWARM_STARTUP_ALLOWANCE_S", "180")),
                    help="hard kill at 2x the budget plus this (imports, data, compile, evaluation)")
     p.add_argument("--drain-timeout-s", type=float, default=120.0,
                    help="on exit, wait this long for the coordinator to acknowledge spooled results")

@@ -77,7 +77,7 @@ from volunteer.spool import Spool, SpoolDeliverer, SpoolEntry
 log = logging.getLogger("autoswarm.volunteer")
 
 WORK_DIR = "work"
-DEFAULT_STARTUP_ALLOWANCE_S = 120.0  # imports, data loading, compile and evaluation on top of 2x budget
+DEFAULT_STARTUP_ALLOWANCE_S = 180.0  # imports, data, compile, warm-up and evaluation on top of 2x budget (as the runner)
 DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 DEFAULT_DRAIN_TIMEOUT_S = 120.0
 CONNECT_BACKOFF_MIN_S = 1.0
@@ -516,14 +516,14 @@ class Volunteer:
         except FatalError as exc:
             self._stop_all(exc)
             reason = "the coordinator's key changed without an endorsement by the pinned key"
-            self._refuse(trust._lease_id_of(bytes(signed.work_unit)), reason)
+            self._refuse(trust.lease_id_of(bytes(signed.work_unit)), reason)
             return None
         except trust.UntrustedUnitError as exc:
             self.display.error(f"refused a work unit: {exc.reason}", lease_id=exc.lease_id)
             self._refuse(exc.lease_id, exc.reason)
             return None
-        except CoordinatorUnavailable as exc:
-            self.display.warn(f"could not check the coordinator's key ({exc}); skipping that unit")
+        except (CoordinatorUnavailable, grpc.RpcError) as exc:
+            self.display.warn(f"could not check the coordinator's key ({_describe_error(exc)}); skipping that unit")
             return None
 
     def _refuse(self, lease_id: str, reason: str) -> None:
@@ -585,7 +585,8 @@ class Volunteer:
             return
         self.spool.put(SpoolEntry.from_result(unit, outcome.result))
         shutil.rmtree(job.unit_dir, ignore_errors=True)
-        self.runs_done += 1
+        with self._runs_lock:
+            self.runs_done += 1
         if self.deliverer is not None:
             self.deliverer.wake()
 

@@ -60,6 +60,7 @@ class Display:
         self._last_plain: dict[int, float] = {}
         self._last_progress: dict[int, tuple[object, ...]] = {}
         self.last_score: str = ""
+        self.status_line: str = ""  # shown beside the live bars: this volunteer's last score, the swarm's best
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -78,7 +79,8 @@ class Display:
             self.stream.flush()
 
     def _bar_text(self) -> str:
-        return "  ".join(self._bars[slot] for slot in sorted(self._bars))
+        text = "  ".join(self._bars[slot] for slot in sorted(self._bars))
+        return f"{text}  | {self.status_line}" if self.status_line else text
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class Display:
     def acknowledged(self, lease_id: str, response: pb.ReportResultResponse, swarm_best: str = "") -> None:
         score = format_score(response.score)
         self.last_score = score
+        short = f"{response.score.delta_bpb:+.4f} bpb" if response.score.has_baseline else "no baseline yet"
+        self.status_line = f"last {short}" + (f", best {swarm_best}" if swarm_best else "")
         if self.mode == LogMode.JSON:
             self._emit_json("result_acknowledged", lease_id=lease_id, result_id=response.result_id,
                             duplicate=response.duplicate, has_baseline=response.score.has_baseline,

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from autoswarm.v1 import swarm_pb2 as pb
 from coordinator.service.signing import key_id, verify_signature
 
-__all__ = ["key_id", "verify_signature", "verify_unit", "follow_key", "Expectations", "UntrustedUnitError",
+__all__ = ["key_id", "verify_signature", "verify_unit", "follow_key", "lease_id_of", "Expectations", "UntrustedUnitError",
            "UnknownSigningKeyError", "KeyChangedError", "fingerprint"]
 
 ED25519_PUBLIC_KEY_BYTES = 32
@@ -58,7 +58,8 @@ class Expectations:
     data_manifest_id: str = ""  # empty: not checked (not known yet)
 
 
-def _lease_id_of(payload: bytes) -> str:
+def lease_id_of(payload: bytes) -> str:
+    """The lease id an (untrusted) payload claims, for refusal reports; empty when it does not decode."""
     try:
         return pb.WorkUnit.FromString(payload).lease_id
     except DecodeError:
@@ -68,7 +69,7 @@ def _lease_id_of(payload: bytes) -> str:
 def verify_unit(signed: pb.SignedWorkUnit, pinned_key: bytes, expect: Expectations) -> pb.WorkUnit:
     """The decoded unit when it is signed by the pinned key and addressed to us; else UntrustedUnitError."""
     payload = bytes(signed.work_unit)
-    lease_id = _lease_id_of(payload)
+    lease_id = lease_id_of(payload)
     if not payload:
         raise UntrustedUnitError("the work unit is empty", lease_id)
     if not signed.signature:
