@@ -125,6 +125,11 @@ def test_every_profile_applies_to_the_shipped_train_py():
                        "ADAM_BETAS": (0.8, 0.95), "WARMUP_RATIO": 0.0, "WARMDOWN_RATIO": 0.5,
                        "FINAL_LR_FRAC": 0.0}.items():
         assert upstream[key] == value, key
+    # the constants block is the only top-level UPPER_CASE literal: what the proposer may perturb
+    assert set(upstream) == {"DEPTH", "ASPECT_RATIO", "HEAD_DIM", "GQA_GROUP_SIZE", "WINDOW_PATTERN",
+                             "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "EMBEDDING_LR", "UNEMBEDDING_LR",
+                             "MATRIX_LR", "SCALAR_LR", "WEIGHT_DECAY", "ADAM_BETAS", "WARMUP_RATIO",
+                             "WARMDOWN_RATIO", "FINAL_LR_FRAC"}
     for name, profile in load_profiles().classes.items():
         patched = rewrite_constants(source, profile.constants)
         constants = read_constants(patched)

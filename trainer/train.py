@@ -335,7 +335,7 @@ class GPT(nn.Module):
 # ---------------------------------------------------------------------------
 
 # Polar Express coefficients (Amsel, Persson, Musco, Gower 2025; 5 iterations, safety factor 2e-2, cushion 2).
-POLAR_EXPRESS_COEFFS = [
+polar_express_coeffs = [
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
     (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
@@ -353,7 +353,7 @@ def polar_express(G, steps=5, dtype=torch.bfloat16):
     X = G.to(dtype)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
     tall = X.size(-2) > X.size(-1)
-    for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
+    for a, b, c in polar_express_coeffs[:steps]:
         if tall:
             A = X.mT @ X
             X = a * X + X @ (b * A + c * (A @ A))
