@@ -133,6 +133,8 @@ def _admin_client(args: argparse.Namespace) -> object:
 
 
 def _state_command(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
     from coordinator import ops
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -154,7 +156,7 @@ def _state_command(args: argparse.Namespace) -> int:
             serving = ops.check_health(address, tls, args.timeout_s)
             print(f"{address}: {'SERVING' if serving else 'NOT SERVING'}")
             return 0 if serving else 1
-    except ops.OpsError as exc:
+    except (ops.OpsError, OSError, ValueError, RedisError) as exc:  # a missing file, Redis down: say so
         print(f"autoswarm coordinator {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -84,6 +84,24 @@ log = logging.getLogger("autoswarm.store.redis")
 DEFAULT_PREFIX = "autoswarm"
 ALL = 2**31  # "no limit" for index reads that return every member
 RESULT_PAGE_CHUNK = 500  # results read per script call while a filter skips some
+SNAPSHOT_BATCH_RECORDS = 200  # records per pipeline when a snapshot is imported or its heavy fields read
+# Fields written once with their record and never changed, and large (code, logs): a snapshot reads
+# them after its one-moment script, in batches, so that script's reply stays small.
+_HEAVY_FIELDS: dict[str, tuple[str, ...]] = {
+    keys.PRINCIPAL: ("hardware_json",),
+    keys.HYPOTHESIS: ("rationale", "patch"),
+    keys.UNIT: ("train_py", "profiles_json"),
+    keys.RESULT: ("metrics",),
+}
+_ID_FIELDS: dict[str, str] = {
+    keys.PRINCIPAL: "principal_id",
+    keys.INVITE: "token_hash",
+    keys.HYPOTHESIS: "hypothesis_id",
+    keys.UNIT: "unit_id",
+    keys.LEASE: "lease_id",
+    keys.RESULT: "result_id",
+    keys.MERGE: "commit",
+}
 
 # ---------------------------------------------------------------------------------------------
 # Lua. Every script gets ARGV[1] = the store's key root; KEYS[1] is the sequence key, so a
@@ -469,12 +487,25 @@ if m.reverted_by ~= '' then fail('Conflict', 'merge ' .. ARGV[2] .. ' was alread
 redis.call('HSET', key_merge(ARGV[2]), 'reverted_by', ARGV[3], 'revert_reason', ARGV[4])
 return redis.call('HGETALL', key_merge(ARGV[2]))
 """,
-    # ARGV: the KEYS pattern of invites (they have no index). Every record in one reply: a script
-    # runs alone, so the snapshot is consistent (a backup blocks the server while it reads).
+    # ARGV: the KEYS pattern of invites (they have no index), then the names of the heavy fields.
+    # Every record without its heavy fields, in one reply: a script runs alone, so this is one
+    # moment of the store. The heavy fields never change once written and records are never
+    # deleted, so reading them afterwards (in chunks) gives the values of that same moment.
     "export_snapshot": r"""
+local heavy = {}
+for i = 3, #ARGV do heavy[ARGV[i]] = true end
+local function light(key)
+  local names = {}
+  for _, name in ipairs(redis.call('HKEYS', key)) do
+    if not heavy[name] then names[#names + 1] = name end
+  end
+  local values, out = redis.call('HMGET', key, unpack(names)), {}
+  for i, name in ipairs(names) do out[2 * i - 1] = name; out[2 * i] = values[i] end
+  return out
+end
 local function all_records(index, record_key)
   local out = {}
-  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do out[#out + 1] = redis.call('HGETALL', record_key(id)) end
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do out[#out + 1] = light(record_key(id)) end
   return out
 end
 local invites = {}
@@ -961,12 +992,23 @@ class RedisStore(Store):
         return self.keys.pattern()[:-1] + keys.INVITE.format("*")
 
     def export_snapshot(self) -> StoreSnapshot:
+        heavy_names = sorted({name for names in _HEAVY_FIELDS.values() for name in names})
         (meta, principals, invites, hypotheses, units, leases, results, class_stats, merges) = self._run(
-            "export_snapshot", self._invite_pattern()
+            "export_snapshot", self._invite_pattern(), *heavy_names
         )
 
-        def records(record_type: type[Any], flats: Sequence[Sequence[str]]) -> tuple[Any, ...]:
-            return tuple(record_from_row(record_type, _as_dict(flat)) for flat in flats)
+        def records(template: str, record_type: type[Any], flats: Sequence[Sequence[str]]) -> tuple[Any, ...]:
+            rows = [_as_dict(flat) for flat in flats]
+            fields = _HEAVY_FIELDS.get(template, ())
+            id_field = _ID_FIELDS[template]
+            for start in range(0, len(rows) if fields else 0, SNAPSHOT_BATCH_RECORDS):
+                batch = rows[start : start + SNAPSHOT_BATCH_RECORDS]
+                pipe = self._redis.pipeline(transaction=False)
+                for row in batch:
+                    pipe.hmget(self.keys.key(template, row[id_field]), list(fields))
+                for row, values in zip(batch, pipe.execute(), strict=True):
+                    row.update(zip(fields, values, strict=True))
+            return tuple(record_from_row(record_type, row) for row in rows)
 
         stats = sorted(
             (record_from_row(ClassStats, json.loads(value)) for value in class_stats),
@@ -974,41 +1016,51 @@ class RedisStore(Store):
         )
         return StoreSnapshot(
             meta=dict(sorted(_as_dict(meta).items())),
-            principals=records(Principal, principals),
-            invites=tuple(sorted(records(Invite, invites), key=lambda i: (i.created_s, i.token_hash))),
-            hypotheses=records(Hypothesis, hypotheses),
-            units=records(WorkUnit, units),
-            leases=records(Lease, leases),
-            results=records(ResultRecord, results),
+            principals=records(keys.PRINCIPAL, Principal, principals),
+            invites=tuple(
+                sorted(records(keys.INVITE, Invite, invites), key=lambda i: (i.created_s, i.token_hash))
+            ),
+            hypotheses=records(keys.HYPOTHESIS, Hypothesis, hypotheses),
+            units=records(keys.UNIT, WorkUnit, units),
+            leases=records(keys.LEASE, Lease, leases),
+            results=records(keys.RESULT, ResultRecord, results),
             class_stats=tuple(stats),
-            merges=records(MergeRecord, merges),
+            merges=records(keys.MERGE, MergeRecord, merges),
         )
 
     def import_snapshot(self, snapshot: StoreSnapshot) -> None:
         snapshot = check_snapshot(snapshot)
         k = self.keys
         sequence = k.key(keys.SEQUENCE)
-        with self._redis.pipeline(transaction=True) as pipe:
-            try:
-                # WATCH, then check emptiness, then MULTI/EXEC: a record written meanwhile by anyone
-                # bumps the sequence (or meta / class stats) and the import is refused whole.
-                pipe.watch(sequence, k.key(keys.META), k.key(keys.CLASS_STATS))
-                found = next(self._redis.scan_iter(match=k.pattern(), count=1000), None)
-                refuse_unless_empty(f"redis store {k.prefix!r}", [found] if found else [])
-                pipe.multi()
-                self._queue_import(pipe, snapshot)
+        where = f"redis store {k.prefix!r}"
+        found = next(self._redis.scan_iter(match=k.pattern(), count=1000), None)
+        refuse_unless_empty(where, [found] if found else [])
+        # Claim the empty store: every record write of the scripts increments the sequence, so a
+        # writer that got in first makes this fail, and one coming later finds the store taken.
+        if not self._redis.set(sequence, 0, nx=True):
+            raise ConflictError(f"{where} was written to during the import; nothing was imported")
+        # Written in batches (one pipeline each, so memory and the server's pauses stay small);
+        # on any failure everything is deleted again, leaving the store as empty as it was.
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                last_seq = self._queue_import(pipe, snapshot)
+                pipe.set(sequence, last_seq)
                 pipe.execute()
-            except redis.WatchError:
-                raise ConflictError(f"redis store {k.prefix!r} changed during the import; nothing was written") from None
+        except BaseException:
+            self.delete_everything()
+            raise
 
-    def _queue_import(self, pipe: redis.client.Pipeline, snapshot: StoreSnapshot) -> None:
-        """The same keys and indexes the scripts maintain, with fresh seqs in snapshot order."""
+    def _queue_import(self, pipe: redis.client.Pipeline, snapshot: StoreSnapshot) -> int:
+        """The same keys and indexes the scripts maintain, with fresh seqs in snapshot order;
+        returns the last seq. Executes the pipeline every SNAPSHOT_BATCH_RECORDS records."""
         k = self.keys
         seq = 0
 
         def next_seq() -> int:
             nonlocal seq
             seq += 1
+            if seq % SNAPSHOT_BATCH_RECORDS == 0:
+                pipe.execute()
             return seq
 
         if snapshot.meta:
@@ -1064,7 +1116,7 @@ class RedisStore(Store):
             n = next_seq()
             pipe.hset(k.key(keys.MERGE, m.commit), mapping={**record_to_row(m), "seq": n})
             pipe.zadd(k.key(keys.MERGES), {m.commit: n})
-        pipe.set(k.key(keys.SEQUENCE), seq)
+        return seq
 
     # -- housekeeping -------------------------------------------------------------------------------
 
