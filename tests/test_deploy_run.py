@@ -6,7 +6,10 @@ What the test changes, and only that (each test asserts the list): paths to temp
 TLS files, the install prefix and the venv's console script), fixed ports to free ones, the Redis
 host to 127.0.0.1, and the operator's env file replaced by the shipped example plus TEST_SETTINGS
 (a budget of seconds on the tiny pydoc corpus, so a CPU run takes seconds, not five minutes).
-A directory on PYTHONPATH makes `import torch` fail in the coordinator, as in the image.
+The volunteer's env file is its shipped example plus what its owner would fill in (coordinator,
+invite, owner, class cpu, the CA, hours open now) and, for this test, one run and nice 0. Each
+process gets PATH, HOME and LANG as a service manager would, nothing else of the test's
+environment; a directory on PYTHONPATH makes `import torch` fail in the coordinator, as in the image.
 
 - systemd: coordinator unit + the volunteer user unit (through the hours wrapper) running the real
   volunteer daemon, which trains one tiny model on the CPU and reports it, over TLS.
