@@ -20,6 +20,7 @@ from coordinator.service.errors import error_for
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 30.0
+SYSTEM_CAS = "system"  # tls_ca value: verify the server against the system's certificate authorities
 TRANSPORT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
@@ -35,15 +36,21 @@ class CoordinatorClient:
         target: str,
         token: str | None = None,
         *,
-        tls_ca: Path | None = None,
+        tls_ca: Path | str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        """tls_ca: a CA bundle (PEM) for a private certificate; "system" for the system's CAs
+        (a publicly signed certificate). Without it, port 443 means TLS with the system's CAs and
+        any other port plain text (loopback, tests, a TLS-terminating sidecar)."""
         self.target = target
         self.token = token
         self.timeout_s = timeout_s
         options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        if tls_ca is None and target.rsplit(":", 1)[-1] == "443":
+            tls_ca = SYSTEM_CAS
         if tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+            roots = None if str(tls_ca) == SYSTEM_CAS else Path(tls_ca).read_bytes()
+            credentials = grpc.ssl_channel_credentials(roots)
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)

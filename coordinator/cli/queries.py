@@ -573,7 +573,7 @@ def connect(args: argparse.Namespace) -> Any:
     from coordinator.client import CoordinatorClient
 
     token = resolve_token(args.token, args.token_file, os.environ)
-    if args.tls_ca is not None and not args.tls_ca.is_file():
+    if args.tls_ca is not None and str(args.tls_ca) != "system" and not args.tls_ca.is_file():
         raise UsageError(f"--tls-ca {args.tls_ca}: no such file")
     return CoordinatorClient(args.coordinator, token, tls_ca=args.tls_ca, timeout_s=args.timeout_s)
 
