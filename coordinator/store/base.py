@@ -28,6 +28,9 @@ Invariants
     transaction / one script); `import_snapshot` writes one into an empty store, keeping ids,
     stamps, states and order, all or nothing. Export after import gives the same snapshot, on
     either backend (backups, restores and SQLite -> Redis migration rely on it).
+12. Code is stored once. Each distinct `train_py` / `profiles_json` text is kept once, keyed by
+    its sha256, in the same transaction / script as the unit that first names it; a unit record
+    holds only the hashes. Every read (and a snapshot) gives units back with their full text.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ import abc
 import dataclasses
 import enum
 import functools
+import hashlib
 import json
 import math
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 
-from coordinator.store.errors import ConflictError, InvalidValueError, PayloadTooLargeError
+from coordinator.store.errors import (
+    ConflictError,
+    InvalidValueError,
+    PayloadTooLargeError,
+    StoreIntegrityError,
+)
 from coordinator.store.types import (
     MAX_ENVIRONMENT_ENTRIES,
     MAX_ERROR_BYTES,
@@ -57,6 +66,7 @@ from coordinator.store.types import (
     MAX_TITLE_BYTES,
     MAX_TRAIN_PY_BYTES,
     ClassStats,
+    CodeStorage,
     Hypothesis,
     HypothesisSource,
     HypothesisState,
@@ -307,6 +317,10 @@ class Store(abc.ABC):
         store's invariants (dangling references, duplicate ids or tokens, two active leases of one
         unit, bad values) raises InvalidValueError. All or nothing."""
         raise NotImplementedError(f"{type(self).__name__} cannot import snapshots")
+
+    def code_storage(self) -> CodeStorage:
+        """How many distinct code texts the store holds, and their bytes (invariant 12)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its code storage")
 
 
 def validate_texts(fields: Mapping[str, tuple[str, int]]) -> None:
@@ -598,6 +612,55 @@ def record_from_row(record_type: type[_R], row: Mapping[str, object]) -> _R:
     return record_type(**{name: _revive(hint, row[name]) for name, hint in hints.items() if name in present})
 
 
+# -- unit code, content-addressed (invariant 12) -------------------------------------------------------
+# A unit's row holds `<field>_sha256` in place of each code field; the text lives once under its
+# hash. Rows written before content addressing (Redis keeps them) still hold the text inline.
+
+UNIT_CODE_HASH_FIELDS: dict[str, str] = {"train_py": "train_py_sha256", "profiles_json": "profiles_json_sha256"}
+
+
+def content_hash(text: str) -> str:
+    """Hex sha256 of the text's UTF-8: the key its blob is stored under."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def unit_to_row(unit: WorkUnit) -> tuple[dict[str, RowValue], dict[str, str]]:
+    """The unit's row with its code replaced by hashes, and the blobs to store ({hash: text})."""
+    row = record_to_row(unit)
+    blobs: dict[str, str] = {}
+    for field, hash_field in UNIT_CODE_HASH_FIELDS.items():
+        text = str(row.pop(field))
+        digest = content_hash(text)
+        row[hash_field] = digest
+        blobs[digest] = text
+    return row, blobs
+
+
+def unit_code_hashes(row: Mapping[str, object]) -> set[str]:
+    """The blob hashes a unit row needs resolved (none for a row holding its code inline)."""
+    values = dict(row)  # also a sqlite3.Row, whose `in` tests values, not names
+    return {
+        str(values[hash_field])
+        for field, hash_field in UNIT_CODE_HASH_FIELDS.items()
+        if values.get(field) is None and values.get(hash_field) is not None
+    }
+
+
+def unit_from_row(row: Mapping[str, object], blobs: Mapping[str, str]) -> WorkUnit:
+    """A unit with its full code: inline text when the row has it, else its blobs' text."""
+    values = dict(row)
+    for field, hash_field in UNIT_CODE_HASH_FIELDS.items():
+        if values.get(field) is not None:
+            continue
+        digest = values.get(hash_field)
+        if not isinstance(digest, str) or digest not in blobs:
+            raise StoreIntegrityError(
+                f"unit {values.get('unit_id')!r} names {field} blob {digest!r}, which the store lacks"
+            )
+        values[field] = blobs[digest]
+    return record_from_row(WorkUnit, values)
+
+
 # -- whole-store snapshots ---------------------------------------------------------------------------
 
 
@@ -807,4 +870,9 @@ __all__: Sequence[str] = [
     "to_json",
     "record_to_row",
     "record_from_row",
+    "UNIT_CODE_HASH_FIELDS",
+    "content_hash",
+    "unit_to_row",
+    "unit_code_hashes",
+    "unit_from_row",
 ]

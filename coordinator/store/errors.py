@@ -41,3 +41,8 @@ class ConflictError(StoreError):
 
 class InviteError(StoreError):
     """An invite token that is unknown, used up or expired."""
+
+
+class StoreIntegrityError(StoreError):
+    """The store's own records contradict each other (a unit names a code blob the store lacks):
+    damage to repair from a backup, not a caller's mistake."""

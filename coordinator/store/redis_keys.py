@@ -33,10 +33,13 @@ HYPOTHESES_BY_STATE = "hypotheses-by-state:{}"  # zset: hypothesis id in one sta
 HYPOTHESIS_BY_FINGERPRINT = "hypothesis-by-fingerprint"  # hash: fingerprint -> hypothesis id
 
 # -- work units and the queues ----------------------------------------------------------------------
-UNIT = "unit:{}"  # hash: one work unit (plus kind_rank)
+UNIT = "unit:{}"  # hash: one work unit (plus kind_rank); code as train_py_sha256 / profiles_json_sha256
 UNITS = "units"  # zset: unit id, score seq
 UNITS_BY_HYPOTHESIS = "units-by-hypothesis:{}"  # zset: unit id of one hypothesis, score seq
 UNITS_BY_STATE = "units-by-state:{}"  # zset: unit id in one state, score seq
+# string: one code text (train.py or profiles.json), keyed by its sha256 hex; written once (SET NX)
+# by the script that enqueues the first unit naming it, shared by every such unit, never changed.
+BLOB = "blob:{}"
 # zset per (kind rank, class) of queued units: score -priority, member "<seq, 16 digits>:<unit id>",
 # so ZRANGE gives priority high to low, then oldest (equal scores sort by member).
 QUEUE = "queue:{}:{}"

@@ -7,6 +7,9 @@ clock is the server's `TIME` (invariant 1). Durability comes from the server: ru
 `appendonly yes` and `appendfsync always` (invariant 6); `durability()` reports what it runs with.
 
 Key names live in `redis_keys`; records are hashes of their fields (see `base.record_to_row`).
+Unit code is content-addressed (invariant 12): a unit hash holds `train_py_sha256` and
+`profiles_json_sha256`, the texts live once each under `blob:<sha256>`. Unit hashes written before
+that still hold `train_py` / `profiles_json` inline and read back as they are.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from coordinator.store.base import (
     refuse_unless_empty,
     result_matches,
     to_json,
+    unit_code_hashes,
+    unit_from_row,
+    unit_to_row,
     validate_numbers,
 )
 from coordinator.store.errors import (
@@ -63,6 +69,7 @@ from coordinator.store.types import (
     MAX_REASON_BYTES,
     UNIT_KIND_RANK,
     ClassStats,
+    CodeStorage,
     Hypothesis,
     HypothesisState,
     Invite,
@@ -85,12 +92,13 @@ DEFAULT_PREFIX = "autoswarm"
 ALL = 2**31  # "no limit" for index reads that return every member
 RESULT_PAGE_CHUNK = 500  # results read per script call while a filter skips some
 SNAPSHOT_BATCH_RECORDS = 200  # records per pipeline when a snapshot is imported or its heavy fields read
+BLOB_READ_BATCH = 200  # code blobs per MGET when reads resolve unit code
 # Fields written once with their record and never changed, and large (code, logs): a snapshot reads
 # them after its one-moment script, in batches, so that script's reply stays small.
 _HEAVY_FIELDS: dict[str, tuple[str, ...]] = {
     keys.PRINCIPAL: ("hardware_json",),
     keys.HYPOTHESIS: ("rationale", "patch"),
-    keys.UNIT: ("train_py", "profiles_json"),
+    keys.UNIT: ("train_py", "profiles_json"),  # only unit hashes written before blobs hold these
     keys.RESULT: ("metrics",),
 }
 _ID_FIELDS: dict[str, str] = {
@@ -320,13 +328,18 @@ changes.updated_s = fmt(t)
 hset_all(key_hypothesis(id), changes)
 return redis.call('HGETALL', key_hypothesis(id))
 """,
-    # ARGV: the unit's fields (with kind_rank) as name/value pairs
+    # ARGV: number of code blobs N, N (sha256, text) pairs, then the unit's fields (code as
+    # hashes, with kind_rank) as name/value pairs. A blob already stored is left as it is.
     "enqueue_unit": r"""
-local f = fields_from(2)
+local blob_count = tonumber(ARGV[2])
+local f = fields_from(3 + 2 * blob_count)
 if f.hypothesis_id ~= '' and redis.call('EXISTS', key_hypothesis(f.hypothesis_id)) == 0 then
   fail('NotFound', 'unknown hypothesis ' .. f.hypothesis_id)
 end
 if redis.call('EXISTS', key_unit(f.unit_id)) == 1 then fail('Duplicate', 'unit ' .. f.unit_id .. ' exists', f.unit_id) end
+for i = 1, blob_count do
+  redis.call('SET', key_blob(ARGV[1 + 2 * i]), ARGV[2 + 2 * i], 'NX')
+end
 local seq = next_seq()
 f.created_s = fmt(now_s())
 f.seq = seq
@@ -489,8 +502,8 @@ return redis.call('HGETALL', key_merge(ARGV[2]))
 """,
     # ARGV: the KEYS pattern of invites (they have no index), then the names of the heavy fields.
     # Every record without its heavy fields, in one reply: a script runs alone, so this is one
-    # moment of the store. The heavy fields never change once written and records are never
-    # deleted, so reading them afterwards (in chunks) gives the values of that same moment.
+    # moment of the store. The heavy fields and code blobs never change once written and neither
+    # is ever deleted, so reading them afterwards (in chunks) gives the values of that same moment.
     "export_snapshot": r"""
 local heavy = {}
 for i = 3, #ARGV do heavy[ARGV[i]] = true end
@@ -636,6 +649,21 @@ class RedisStore(Store):
         if not flat:
             raise NotFoundError(f"unknown {what} {record_id!r}")
         return record_from_row(record_type, flat)
+
+    def _units(
+        self, rows: Sequence[Mapping[str, str]], known: Mapping[str, str] | None = None
+    ) -> list[WorkUnit]:
+        """Units with their code: each distinct blob fetched once (beyond `known`, {hash: text})
+        and its text shared by every unit naming it. Blobs never change or go away, so reading
+        them after the records still gives the code those records named."""
+        blobs = dict(known or {})
+        needed = sorted(set().union(*(unit_code_hashes(row) for row in rows)) - blobs.keys())
+        for start in range(0, len(needed), BLOB_READ_BATCH):
+            chunk = needed[start : start + BLOB_READ_BATCH]
+            texts = self._redis.mget([self.keys.key(keys.BLOB, digest) for digest in chunk])
+            found = zip(chunk, texts, strict=True)
+            blobs.update((digest, text) for digest, text in found if text is not None)
+        return [unit_from_row(row, blobs) for row in rows]
 
     def _page(
         self,
@@ -812,11 +840,27 @@ class RedisStore(Store):
 
     def enqueue_unit(self, unit: WorkUnit) -> WorkUnit:
         unit = check_unit(unit)
-        row = {**record_to_row(unit), "kind_rank": UNIT_KIND_RANK[unit.kind]}
-        return record_from_row(WorkUnit, _as_dict(self._run("enqueue_unit", *_pairs(row))))
+        row, blobs = unit_to_row(unit)
+        row["kind_rank"] = UNIT_KIND_RANK[unit.kind]
+        flat = self._run("enqueue_unit", len(blobs), *_pairs(blobs), *_pairs(row))
+        return self._units([_as_dict(flat)], known=blobs)[0]
 
     def get_unit(self, unit_id: str) -> WorkUnit:
-        return self._record(keys.UNIT, unit_id, WorkUnit, "unit")
+        flat = self._redis.hgetall(self.keys.key(keys.UNIT, unit_id))
+        if not flat:
+            raise NotFoundError(f"unknown unit {unit_id!r}")
+        return self._units([flat])[0]
+
+    def code_storage(self) -> CodeStorage:
+        pattern = self.keys.pattern()[:-1] + keys.BLOB.format("*")
+        blob_keys = list(self._redis.scan_iter(match=pattern, count=1000))
+        sizes: list[int] = []
+        for start in range(0, len(blob_keys), BLOB_READ_BATCH):
+            pipe = self._redis.pipeline(transaction=False)
+            for key in blob_keys[start : start + BLOB_READ_BATCH]:
+                pipe.strlen(key)  # bytes: Redis strings are byte strings
+            sizes += pipe.execute()
+        return CodeStorage(blobs=len(blob_keys), blob_bytes=sum(sizes))
 
     def list_units(
         self, hypothesis_id: str = "", state: UnitState | None = None, hardware_class: str = ""
@@ -828,13 +872,13 @@ class RedisStore(Store):
             index = self.keys.key(keys.UNITS_BY_STATE, state.value)
         else:
             index = self.keys.key(keys.UNITS)
-        units = [record_from_row(WorkUnit, row) for row in self._page(keys.UNIT, [index])]
-        return [
-            u
-            for u in units
-            if (state is None or u.state == state)
-            and (not hardware_class or u.hardware_class == hardware_class)
+        rows = [
+            row
+            for row in self._page(keys.UNIT, [index])
+            if (state is None or row["state"] == state.value)
+            and (not hardware_class or row["hardware_class"] == hardware_class)
         ]
+        return self._units(rows)
 
     def cancel_units(self, hypothesis_id: str) -> int:
         return int(self._run("cancel_units", hypothesis_id))
@@ -843,7 +887,7 @@ class RedisStore(Store):
         return bool(int(self._run("cancel_unit", unit_id)))
 
     def requeue_unit(self, unit_id: str) -> WorkUnit:
-        return record_from_row(WorkUnit, _as_dict(self._run("requeue_unit", unit_id)))
+        return self._units([_as_dict(self._run("requeue_unit", unit_id))])[0]
 
     def lease_unit(
         self, volunteer_id: str, owner: str, hardware_class: str, lease_duration_s: float, slot: int = 0
@@ -857,7 +901,7 @@ class RedisStore(Store):
         if granted is None:
             return None
         unit_flat, lease_flat = granted
-        return record_from_row(WorkUnit, _as_dict(unit_flat)), record_from_row(Lease, _as_dict(lease_flat))
+        return self._units([_as_dict(unit_flat)])[0], record_from_row(Lease, _as_dict(lease_flat))
 
     def get_lease(self, lease_id: str) -> Lease:
         return self._record(keys.LEASE, lease_id, Lease, "lease")
@@ -1007,7 +1051,11 @@ class RedisStore(Store):
                 for row in batch:
                     pipe.hmget(self.keys.key(template, row[id_field]), list(fields))
                 for row, values in zip(batch, pipe.execute(), strict=True):
-                    row.update(zip(fields, values, strict=True))
+                    # A field the record lacks stays out (inline code, in a unit hash holding hashes).
+                    present = zip(fields, values, strict=True)
+                    row.update((name, value) for name, value in present if value is not None)
+            if record_type is WorkUnit:
+                return tuple(self._units(rows))
             return tuple(record_from_row(record_type, row) for row in rows)
 
         stats = sorted(
@@ -1082,7 +1130,10 @@ class RedisStore(Store):
         for u in snapshot.units:
             n = next_seq()
             rank = UNIT_KIND_RANK[u.kind]
-            pipe.hset(k.key(keys.UNIT, u.unit_id), mapping={**record_to_row(u), "kind_rank": rank, "seq": n})
+            row, blobs = unit_to_row(u)
+            for digest, text in blobs.items():
+                pipe.set(k.key(keys.BLOB, digest), text, nx=True)
+            pipe.hset(k.key(keys.UNIT, u.unit_id), mapping={**row, "kind_rank": rank, "seq": n})
             pipe.zadd(k.key(keys.UNITS), {u.unit_id: n})
             if u.hypothesis_id:
                 pipe.zadd(k.key(keys.UNITS_BY_HYPOTHESIS, u.hypothesis_id), {u.unit_id: n})

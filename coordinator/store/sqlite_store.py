@@ -35,9 +35,13 @@ from coordinator.store.base import (
     check_snapshot,
     check_text,
     check_unit,
+    content_hash,
     record_from_row,
     record_to_row,
     refuse_unless_empty,
+    unit_code_hashes,
+    unit_from_row,
+    unit_to_row,
     validate_numbers,
 )
 from coordinator.store.errors import (
@@ -56,6 +60,7 @@ from coordinator.store.types import (
     MAX_REASON_BYTES,
     UNIT_KIND_RANK,
     ClassStats,
+    CodeStorage,
     Hypothesis,
     HypothesisState,
     Invite,
@@ -77,8 +82,28 @@ from coordinator.store.types import (
 # version is refused rather than misread. Add a migration, never edit a released one.
 # ---------------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
+BLOB_QUERY_CHUNK = 500  # hashes per `IN (...)` when a read resolves unit code
+SHA256_SQL_FUNCTION = "autoswarm_sha256"  # base.content_hash, registered on every connection
+
+# The units table from version 2 on: code as hashes into `blobs` (invariant 12). Version 1 kept
+# train_py and profiles_json inline in every row.
+_UNITS_TABLE_V2 = """(
+            seq INTEGER PRIMARY KEY, unit_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+            kind_rank INTEGER NOT NULL, hardware_class TEXT NOT NULL, base_commit TEXT NOT NULL,
+            train_py_sha256 TEXT NOT NULL, profiles_json_sha256 TEXT NOT NULL, hypothesis_id TEXT NOT NULL,
+            priority REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+            excluded_volunteers TEXT NOT NULL, excluded_owners TEXT NOT NULL, created_s REAL NOT NULL)"""
+_UNITS_COPIED_COLUMNS = (
+    "seq, unit_id, kind, kind_rank, hardware_class, base_commit, hypothesis_id, priority, state, "
+    "attempts, excluded_volunteers, excluded_owners, created_s"
+)
+_UNITS_INDEXES = (
+    "CREATE INDEX units_queue ON units (hardware_class, state, kind_rank, priority DESC, seq)",
+    "CREATE INDEX units_by_hypothesis ON units (hypothesis_id, seq)",
+    "CREATE INDEX units_by_state ON units (state, seq)",
+)
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -138,6 +163,22 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             hypothesis_id TEXT NOT NULL, title TEXT NOT NULL, delta_bpb_by_class TEXT NOT NULL,
             merged_s REAL NOT NULL, reverted_by TEXT NOT NULL, revert_reason TEXT NOT NULL)""",
     ),
+    # Code stored once per distinct text: every inline text moves into `blobs`, and units are
+    # rebuilt holding hashes (a table rebuild, so the rows lose the text for real).
+    2: (
+        "CREATE TABLE blobs (hash TEXT PRIMARY KEY, text TEXT NOT NULL)",
+        f"INSERT OR IGNORE INTO blobs (hash, text) "
+        f"SELECT {SHA256_SQL_FUNCTION}(train_py), train_py FROM units ORDER BY seq",
+        f"INSERT OR IGNORE INTO blobs (hash, text) "
+        f"SELECT {SHA256_SQL_FUNCTION}(profiles_json), profiles_json FROM units ORDER BY seq",
+        f"CREATE TABLE units_v2 {_UNITS_TABLE_V2}",
+        f"INSERT INTO units_v2 ({_UNITS_COPIED_COLUMNS}, train_py_sha256, profiles_json_sha256) "
+        f"SELECT {_UNITS_COPIED_COLUMNS}, {SHA256_SQL_FUNCTION}(train_py), "
+        f"{SHA256_SQL_FUNCTION}(profiles_json) FROM units ORDER BY seq",
+        "DROP TABLE units",  # its indexes go with it
+        "ALTER TABLE units_v2 RENAME TO units",
+        *_UNITS_INDEXES,
+    ),
 }
 
 
@@ -183,6 +224,8 @@ class SqliteStore(Store):
             self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
+        # The migration to version 2 hashes the code already stored, inside SQL.
+        self._conn.create_function(SHA256_SQL_FUNCTION, 1, content_hash, deterministic=True)
         self._lock = threading.RLock()  # one connection, shared by the service's worker threads
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -522,7 +565,9 @@ class SqliteStore(Store):
             if conn.execute("SELECT 1 FROM units WHERE unit_id = ?", (unit.unit_id,)).fetchone():
                 raise DuplicateError(f"unit {unit.unit_id!r} exists", unit.unit_id)
             stored = _replace(unit, created_s=self.now())
-            _insert(conn, "units", {**record_to_row(stored), "kind_rank": UNIT_KIND_RANK[unit.kind]})
+            row, blobs = unit_to_row(stored)
+            conn.executemany("INSERT OR IGNORE INTO blobs (hash, text) VALUES (?, ?)", blobs.items())
+            _insert(conn, "units", {**row, "kind_rank": UNIT_KIND_RANK[unit.kind]})
         return stored
 
     def get_unit(self, unit_id: str) -> WorkUnit:
@@ -530,10 +575,32 @@ class SqliteStore(Store):
             return self._unit(conn, unit_id)
 
     def _unit(self, conn: sqlite3.Connection, unit_id: str) -> WorkUnit:
+        return self._units_with_code(conn, [self._unit_row(conn, unit_id)])[0]
+
+    def _unit_row(self, conn: sqlite3.Connection, unit_id: str) -> sqlite3.Row:
+        """The stored row: code as hashes (enough for state checks and results)."""
         row = conn.execute("SELECT * FROM units WHERE unit_id = ?", (unit_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"unknown unit {unit_id!r}")
-        return record_from_row(WorkUnit, row)
+        return row
+
+    def _units_with_code(self, conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[WorkUnit]:
+        """Units with their code, each distinct text read once and shared by the units naming it."""
+        needed = sorted(set().union(*(unit_code_hashes(row) for row in rows)))
+        blobs: dict[str, str] = {}
+        for start in range(0, len(needed), BLOB_QUERY_CHUNK):
+            chunk = needed[start : start + BLOB_QUERY_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            found = conn.execute(f"SELECT hash, text FROM blobs WHERE hash IN ({marks})", chunk)
+            blobs.update((row["hash"], row["text"]) for row in found)
+        return [unit_from_row(row, blobs) for row in rows]
+
+    def code_storage(self) -> CodeStorage:
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) AS size FROM blobs"
+            ).fetchone()
+        return CodeStorage(blobs=int(row["n"]), blob_bytes=int(row["size"]))
 
     def list_units(
         self, hypothesis_id: str = "", state: UnitState | None = None, hardware_class: str = ""
@@ -548,7 +615,7 @@ class SqliteStore(Store):
         where, params = _where(clauses)
         with self._transaction(write=False) as conn:
             rows = conn.execute(f"SELECT * FROM units{where} ORDER BY seq", params).fetchall()
-        return [record_from_row(WorkUnit, row) for row in rows]
+            return self._units_with_code(conn, rows)
 
     def cancel_units(self, hypothesis_id: str) -> int:
         with self._transaction(write=True) as conn:
@@ -560,19 +627,16 @@ class SqliteStore(Store):
 
     def cancel_unit(self, unit_id: str) -> bool:
         with self._transaction(write=True) as conn:
-            unit = self._unit(conn, unit_id)
-            if unit.state != UnitState.QUEUED:
+            if self._unit_row(conn, unit_id)["state"] != UnitState.QUEUED:
                 return False
             conn.execute("UPDATE units SET state = 'cancelled' WHERE unit_id = ? AND state = 'queued'", (unit_id,))
             return True
 
     def requeue_unit(self, unit_id: str) -> WorkUnit:
         with self._transaction(write=True) as conn:
-            unit = self._unit(conn, unit_id)
-            if unit.state not in (UnitState.DONE, UnitState.CANCELLED):
-                raise ConflictError(
-                    f"unit {unit_id} is {unit.state.value}; only done or cancelled units requeue"
-                )
+            state = self._unit_row(conn, unit_id)["state"]
+            if state not in (UnitState.DONE, UnitState.CANCELLED):
+                raise ConflictError(f"unit {unit_id} is {state}; only done or cancelled units requeue")
             conn.execute("UPDATE units SET state = 'queued' WHERE unit_id = ?", (unit_id,))
             return self._unit(conn, unit_id)
 
@@ -718,15 +782,15 @@ class SqliteStore(Store):
             self._live_lease(conn, lease_id, volunteer_id, now)
             if self._principal(conn, volunteer_id).revoked:
                 raise PermissionDeniedError(f"volunteer {volunteer_id} is revoked")
-            unit = self._unit(conn, lease.unit_id)
+            unit = self._unit_row(conn, lease.unit_id)  # the result copies no code
             record = ResultRecord(
                 result_id=result_id,
                 lease_id=lease_id,
-                unit_id=unit.unit_id,
-                kind=unit.kind,
-                hypothesis_id=unit.hypothesis_id,
-                hardware_class=unit.hardware_class,
-                base_commit=unit.base_commit,
+                unit_id=unit["unit_id"],
+                kind=unit["kind"],
+                hypothesis_id=unit["hypothesis_id"],
+                hardware_class=unit["hardware_class"],
+                base_commit=unit["base_commit"],
                 volunteer_id=volunteer_id,
                 owner=lease.owner,
                 metrics=metrics,
@@ -735,7 +799,7 @@ class SqliteStore(Store):
             )
             _insert(conn, "results", {**record_to_row(record), "status": metrics.status.value})
             self._end_lease(conn, lease_id, LeaseState.REPORTED, "", now)
-            conn.execute("UPDATE units SET state = 'done' WHERE unit_id = ?", (unit.unit_id,))
+            conn.execute("UPDATE units SET state = 'done' WHERE unit_id = ?", (lease.unit_id,))
         return record, False
 
     def get_result(self, result_id: str) -> ResultRecord:
@@ -845,6 +909,7 @@ class SqliteStore(Store):
 
     def export_snapshot(self) -> StoreSnapshot:
         # One read transaction: WAL gives it a single consistent view while writers go on.
+        units_query = "SELECT * FROM units ORDER BY seq"
         with self._transaction(write=False) as conn:
 
             def rows(record_type: type[_T], query: str) -> tuple[_T, ...]:
@@ -855,7 +920,7 @@ class SqliteStore(Store):
                 principals=rows(Principal, "SELECT * FROM principals ORDER BY seq"),
                 invites=rows(Invite, "SELECT * FROM invites ORDER BY created_s, token_hash"),
                 hypotheses=rows(Hypothesis, "SELECT * FROM hypotheses ORDER BY seq"),
-                units=rows(WorkUnit, "SELECT * FROM units ORDER BY seq"),
+                units=tuple(self._units_with_code(conn, conn.execute(units_query).fetchall())),
                 leases=rows(Lease, "SELECT * FROM leases ORDER BY seq"),
                 results=rows(ResultRecord, "SELECT * FROM results ORDER BY seq"),
                 class_stats=rows(ClassStats, 'SELECT * FROM class_stats ORDER BY hardware_class, "commit"'),
@@ -878,7 +943,9 @@ class SqliteStore(Store):
             for hypothesis in snapshot.hypotheses:
                 _insert(conn, "hypotheses", record_to_row(hypothesis))
             for unit in snapshot.units:
-                _insert(conn, "units", {**record_to_row(unit), "kind_rank": UNIT_KIND_RANK[unit.kind]})
+                row, blobs = unit_to_row(unit)
+                conn.executemany("INSERT OR IGNORE INTO blobs (hash, text) VALUES (?, ?)", blobs.items())
+                _insert(conn, "units", {**row, "kind_rank": UNIT_KIND_RANK[unit.kind]})
             for lease in snapshot.leases:
                 _insert(conn, "leases", record_to_row(lease))
             for result in snapshot.results:

@@ -148,7 +148,8 @@ class Hypothesis:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One experiment to run once on one class: the code is complete, no lookup needed."""
+    """One experiment to run once on one class: the code is complete, no lookup needed. (Stores
+    keep each distinct text once and the unit's hashes of it; callers always see the full text.)"""
 
     unit_id: str
     kind: UnitKind
@@ -163,6 +164,15 @@ class WorkUnit:
     excluded_volunteers: tuple[str, ...] = ()  # a replicate never goes to whom it checks
     excluded_owners: tuple[str, ...] = ()
     created_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CodeStorage:
+    """How a store holds unit code: each distinct text once (content-addressed by sha256), shared
+    by every unit that runs it. For operators watching growth, and tests of the sharing."""
+
+    blobs: int  # distinct texts stored (train.py and profiles.json alike)
+    blob_bytes: int  # their UTF-8 bytes
 
 
 @dataclass(frozen=True)
