@@ -41,9 +41,11 @@ from coordinator.store.types import (
     MAX_LOG_TAIL_BYTES,
     MAX_META_VALUE_BYTES,
     MAX_PATCH_BYTES,
+    MAX_PROFILES_BYTES,
     MAX_TITLE_BYTES,
     MAX_TRAIN_PY_BYTES,
     ClassStats,
+    CodeStorage,
     Hypothesis,
     HypothesisSource,
     HypothesisState,
@@ -77,6 +79,7 @@ ALL_CAPABILITIES = frozenset(
         "merges",
         "processes",  # child processes open the store from store_url
         "snapshots",  # export_snapshot / import_snapshot (backup, restore, migration)
+        "code_storage",  # code_storage(): how many distinct code texts are stored (invariant 12)
     }
 )
 
@@ -139,6 +142,17 @@ def make_unit(hypothesis_id: str = "", kind: UnitKind = UnitKind.BASELINE, **cha
     )
     fields.update(changes)
     return WorkUnit(**fields)
+
+
+def fresh_code(label: str = "") -> tuple[str, str]:
+    """A train.py and profiles.json no other test stores (blob counts start from a known state)."""
+    tag = uuid.uuid4().hex
+    train_py = f"# {label} {tag}\nMATRIX_LR = 0.04\n" + "print('step')\n" * 200
+    return train_py, f'{{"cpu": {{"DEPTH": 2, "tag": "{tag}"}}}}'
+
+
+def code_bytes(*texts: str) -> int:
+    return sum(len(text.encode("utf-8")) for text in texts)
 
 
 def ok_metrics(val_bpb: float = 1.25, **changes: Any) -> RunMetrics:
@@ -871,6 +885,109 @@ class StoreContract(SnapshotContract):
         assert store.lease_unit(volunteer.principal_id, "alice", "cpu", LONG_LEASE_S) is None
         with pytest.raises(NotFoundError):
             store.cancel_unit("no-such-unit")
+
+    # -- 12. code stored once ----------------------------------------------------------------
+
+    @requires("units", "code_storage")
+    def test_units_with_identical_code_share_one_blob(self, store: Store) -> None:
+        """12: N units running the same code add its two texts once; reads give every unit all of it."""
+        before = store.code_storage()
+        train_py, profiles_json = fresh_code("shared")
+        shared = [make_unit(train_py=train_py, profiles_json=profiles_json) for _ in range(5)]
+        shared = [store.enqueue_unit(unit) for unit in shared]
+        added = code_bytes(train_py, profiles_json)
+        assert store.code_storage() == CodeStorage(before.blobs + 2, before.blob_bytes + added)
+        for unit in shared:
+            assert store.get_unit(unit.unit_id) == unit
+            assert (unit.train_py, unit.profiles_json) == (train_py, profiles_json)
+        # A text used as both fields (valid Python and JSON alike) is one blob too.
+        both = '{"cpu": {"DEPTH": 3}}'
+        store.enqueue_unit(make_unit(train_py=both, profiles_json=both))
+        assert store.code_storage().blobs == before.blobs + 3
+        assert [u.train_py for u in store.list_units()][-1] == both
+
+    @requires("units", "code_storage")
+    def test_different_code_stays_distinct(self, store: Store) -> None:
+        before = store.code_storage()
+        train_a, profiles = fresh_code("a")
+        train_b = train_a.replace("0.04", "0.05")
+        a = store.enqueue_unit(make_unit(train_py=train_a, profiles_json=profiles))
+        b = store.enqueue_unit(make_unit(train_py=train_b, profiles_json=profiles))
+        after = store.code_storage()
+        added = code_bytes(train_a, train_b, profiles)
+        assert after == CodeStorage(before.blobs + 3, before.blob_bytes + added)
+        assert store.get_unit(a.unit_id).train_py == train_a
+        assert store.get_unit(b.unit_id).train_py == train_b
+        assert {u.unit_id: u.train_py for u in store.list_units()} == {a.unit_id: train_a, b.unit_id: train_b}
+        # Non-ASCII text keeps every character and counts UTF-8 bytes.
+        accented = "# déjà vu ✓\n" + train_a
+        c = store.enqueue_unit(make_unit(train_py=accented, profiles_json=profiles))
+        assert store.get_unit(c.unit_id).train_py == accented
+        assert store.code_storage() == CodeStorage(after.blobs + 1, after.blob_bytes + code_bytes(accented))
+
+    @requires("hypotheses", "units", "code_storage")
+    def test_refused_code_stores_nothing(self, store: Store) -> None:
+        """2 and 7: oversize code is refused (never cut), and no refused enqueue leaves a blob."""
+        first = store.enqueue_unit(make_unit())
+        before = store.code_storage()
+        train_py, profiles_json = fresh_code("refused")
+        refusals: list[tuple[type[Exception], WorkUnit]] = [
+            (PayloadTooLargeError, make_unit(train_py="#" * (MAX_TRAIN_PY_BYTES + 1))),
+            # The limit is in bytes, not characters.
+            (PayloadTooLargeError, make_unit(train_py="é" * (MAX_TRAIN_PY_BYTES // 2 + 1))),
+            (PayloadTooLargeError, make_unit(profiles_json='{"k": "' + "x" * MAX_PROFILES_BYTES + '"}')),
+            (NotFoundError, make_unit("no-such-hypothesis", UnitKind.CANDIDATE, train_py=train_py)),
+            (DuplicateError, make_unit(unit_id=first.unit_id, train_py=train_py)),
+            (InvalidValueError, make_unit(train_py=train_py, profiles_json="{broken")),
+        ]
+        for error, unit in refusals:
+            with pytest.raises(error):
+                store.enqueue_unit(unit)
+        assert store.code_storage() == before
+        assert store.list_units() == [first]
+        # The limit itself is allowed, and comes back whole.
+        at_limit = "é" * (MAX_TRAIN_PY_BYTES // 2)
+        stored = store.enqueue_unit(make_unit(train_py=at_limit))
+        assert store.get_unit(stored.unit_id).train_py == at_limit
+        assert store.code_storage().blob_bytes == before.blob_bytes + MAX_TRAIN_PY_BYTES
+
+    @requires("hypotheses", "units", "leases", "results")
+    def test_finished_units_keep_their_full_code(self, store: Store) -> None:
+        """Done and cancelled units (kept forever) still return the code they ran or would have."""
+        h = store.add_hypothesis(make_hypothesis())
+        codes = [fresh_code(f"unit {i}") for i in range(3)]
+        units = [
+            store.enqueue_unit(make_unit(h.hypothesis_id, UnitKind.CANDIDATE, train_py=t, profiles_json=p))
+            for t, p in codes
+        ]
+        volunteer = add_volunteer(store)
+        leased, lease = self.lease(store, volunteer)
+        assert (leased.train_py, leased.profiles_json) == codes[0]
+        self.report(store, volunteer, lease.lease_id)
+        assert store.cancel_unit(units[1].unit_id) is True
+        assert store.cancel_units(h.hypothesis_id) == 1
+        by_id = {u.unit_id: u for u in store.list_units(hypothesis_id=h.hypothesis_id)}
+        for unit, state, (train_py, profiles_json) in zip(
+            units, (UnitState.DONE, UnitState.CANCELLED, UnitState.CANCELLED), codes, strict=True
+        ):
+            for read in (store.get_unit(unit.unit_id), by_id[unit.unit_id]):
+                assert (read.state, read.train_py, read.profiles_json) == (state, train_py, profiles_json)
+        assert [u.train_py for u in store.list_units(state=UnitState.CANCELLED)] == [codes[1][0], codes[2][0]]
+        requeued = store.requeue_unit(units[0].unit_id)
+        assert (requeued.state, requeued.train_py, requeued.profiles_json) == (UnitState.QUEUED, *codes[0])
+
+    @requires("snapshots", "units", "code_storage")
+    def test_snapshots_carry_full_code_and_import_stores_it_once(
+        self, store: Store, make_store: Callable[[], Store]
+    ) -> None:
+        snapshot = a_snapshot(store.now())
+        store.import_snapshot(snapshot)
+        unit = snapshot.units[0]
+        code = (unit.train_py, unit.profiles_json)
+        assert store.code_storage() == CodeStorage(2, code_bytes(*code))
+        exported = make_store().export_snapshot()
+        assert exported == snapshot
+        assert {(u.train_py, u.profiles_json) for u in exported.units} == {code}
 
     # -- results --------------------------------------------------------------------------------
 

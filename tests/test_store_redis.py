@@ -1,5 +1,5 @@
 """The store contract on a real redis-server, plus what only Redis has: key layout, prefixes,
-script reloading, URL parsing."""
+script reloading, URL parsing, unit records written before code blobs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,20 @@ import pytest
 import redis
 
 from coordinator.store import redis_keys
-from coordinator.store.base import Store, open_store
+from coordinator.store.base import Store, content_hash, open_store
+from coordinator.store.errors import StoreIntegrityError
 from coordinator.store.redis_store import RedisStore
-from tests.store_contract import StoreContract, add_volunteer, make_hypothesis, make_unit
+from coordinator.store.types import CodeStorage, UnitState
+from tests.store_contract import (
+    StoreContract,
+    a_score,
+    add_volunteer,
+    code_bytes,
+    fresh_code,
+    make_hypothesis,
+    make_unit,
+    ok_metrics,
+)
 
 
 class TestRedisStore(StoreContract):
@@ -46,7 +57,7 @@ def test_every_key_lives_under_the_prefix(redis_server: str) -> None:
     raw = redis.Redis.from_url(redis_server, decode_responses=True)
     try:
         h = store.add_hypothesis(make_hypothesis())
-        store.enqueue_unit(make_unit(h.hypothesis_id))
+        unit = store.enqueue_unit(make_unit(h.hypothesis_id))
         volunteer = add_volunteer(store)
         store.lease_unit(volunteer.principal_id, volunteer.owner, "cpu", 60.0)
         store.set_meta("head_commit", "abc")
@@ -54,6 +65,7 @@ def test_every_key_lives_under_the_prefix(redis_server: str) -> None:
         assert keys and all(key.startswith("{" + prefix + "}:") for key in keys)
         assert store.keys.key(redis_keys.HYPOTHESIS, h.hypothesis_id) in keys
         assert store.keys.key(redis_keys.LEASES_ACTIVE) in keys
+        assert store.keys.key(redis_keys.BLOB, content_hash(unit.train_py)) in keys
         # The same ids under another prefix are another store.
         assert neighbour.count_hypotheses() == 0
         assert neighbour.get_meta("head_commit") is None
@@ -99,3 +111,56 @@ def test_durability_settings_are_reported(redis_store: RedisStore, caplog: pytes
     with caplog.at_level(logging.WARNING, logger="autoswarm.store.redis"):
         redis_store._warn_unless_durable()
     assert not caplog.records
+
+
+def inline_code(raw: redis.Redis, store: RedisStore, unit_id: str, train_py: str, profiles_json: str) -> None:
+    """Make a unit hash look as the store wrote it before code blobs: the text in the record."""
+    key = store.keys.key(redis_keys.UNIT, unit_id)
+    raw.hdel(key, "train_py_sha256", "profiles_json_sha256")
+    raw.hset(key, mapping={"train_py": train_py, "profiles_json": profiles_json})
+
+
+def test_units_written_with_inline_code_still_read(redis_store: RedisStore, redis_url: str) -> None:
+    """Records from before code blobs keep working beside new ones, and move to blobs on import."""
+    raw = redis.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+    train_py, profiles_json = fresh_code("inline")
+    old = redis_store.enqueue_unit(make_unit(train_py=train_py, profiles_json=profiles_json))
+    inline_code(raw, redis_store, old.unit_id, train_py, profiles_json)
+    for text in (train_py, profiles_json):
+        raw.delete(redis_store.keys.key(redis_keys.BLOB, content_hash(text)))
+    assert redis_store.code_storage() == CodeStorage(0, 0)
+    new = redis_store.enqueue_unit(make_unit(train_py=train_py.upper(), profiles_json=profiles_json))
+    target = RedisStore.from_url(f"{redis_url}-copy")  # another prefix on the same server
+    try:
+        assert redis_store.get_unit(old.unit_id) == old
+        assert redis_store.list_units() == [old, new]
+        volunteer = add_volunteer(redis_store)
+        granted = redis_store.lease_unit(volunteer.principal_id, "alice", "cpu", 60.0)
+        assert granted is not None and (granted[0].unit_id, granted[0].train_py) == (old.unit_id, train_py)
+        lease_id = granted[1].lease_id
+        redis_store.record_result(lease_id, volunteer.principal_id, ok_metrics(), a_score(), "res-1")
+        done = redis_store.get_unit(old.unit_id)
+        assert (done.state, done.train_py, done.profiles_json) == (UnitState.DONE, train_py, profiles_json)
+        snapshot = redis_store.export_snapshot()
+        assert snapshot.units == (done, new)
+        target.import_snapshot(snapshot)
+        assert target.export_snapshot() == snapshot
+        assert target.code_storage() == CodeStorage(3, code_bytes(train_py, train_py.upper(), profiles_json))
+        assert not raw.hexists(target.keys.key(redis_keys.UNIT, old.unit_id), "train_py")
+    finally:
+        target.delete_everything()
+        target.close()
+        raw.close()
+
+
+def test_a_unit_whose_blob_is_gone_is_reported_as_damage(redis_store: RedisStore, redis_server: str) -> None:
+    unit = redis_store.enqueue_unit(make_unit())
+    raw = redis.Redis.from_url(redis_server)
+    try:
+        raw.delete(redis_store.keys.key(redis_keys.BLOB, content_hash(unit.profiles_json)))
+    finally:
+        raw.close()
+    with pytest.raises(StoreIntegrityError, match=unit.unit_id):
+        redis_store.get_unit(unit.unit_id)
+    with pytest.raises(StoreIntegrityError):
+        redis_store.list_units()
