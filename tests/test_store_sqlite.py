@@ -100,12 +100,17 @@ def test_version_1_file_moves_inline_code_into_blobs(tmp_path: Path) -> None:
     shared_py, other_py = "MATRIX_LR = 0.04\n" * 300, "MATRIX_LR = 0.05\n" * 300
     profiles = '{"cpu": {"DEPTH": 2}}'
     units = [
-        make_unit(unit_id="u-1", train_py=shared_py, profiles_json=profiles, created_s=10.0),
-        make_unit(unit_id="u-2", train_py=other_py, profiles_json=profiles, created_s=11.0),
-        make_unit(unit_id="u-3", kind=UnitKind.REPLICATE, train_py=shared_py, profiles_json=profiles,
-                  created_s=12.0),
+        make_unit(
+            unit_id=f"u-{i:02d}",
+            kind=UnitKind.REPLICATE if i == 2 else UnitKind.BASELINE,
+            train_py=other_py if i % 3 == 1 else shared_py,
+            profiles_json=profiles,
+            created_s=10.0 + i,
+        )
+        for i in range(30)
     ]
     write_version_1_file(path, units)
+    version_1_bytes = path.stat().st_size
     with SqliteStore(path) as store:
         assert store.schema_version() == SCHEMA_VERSION == 2
         assert store.integrity_check() == "ok"
@@ -114,6 +119,9 @@ def test_version_1_file_moves_inline_code_into_blobs(tmp_path: Path) -> None:
         columns = {row["name"] for row in store._conn.execute("PRAGMA table_info(units)")}
         assert {"train_py_sha256", "profiles_json_sha256"} <= columns
         assert not {"train_py", "profiles_json"} & columns  # the text left the rows
+        assert store._conn.execute("PRAGMA freelist_count").fetchone()[0] == 0  # and the file shrank
+        store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert path.stat().st_size < version_1_bytes
         hashes = store._conn.execute("SELECT train_py_sha256 FROM units ORDER BY seq").fetchall()
         assert [row[0] for row in hashes] == [content_hash(u.train_py) for u in units]
         # The rebuilt table still queues in order (kind rank first) and shares new code.

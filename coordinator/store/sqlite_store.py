@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import secrets
 import sqlite3
 import threading
@@ -77,6 +78,8 @@ from coordinator.store.types import (
     WorkUnit,
 )
 
+log = logging.getLogger("autoswarm.store.sqlite")
+
 # ---------------------------------------------------------------------------------------------
 # Schema. Version N is reached by running MIGRATIONS[1..N] in order; a file written by a newer
 # version is refused rather than misread. Add a migration, never edit a released one.
@@ -86,6 +89,7 @@ SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
 BLOB_QUERY_CHUNK = 500  # hashes per `IN (...)` when a read resolves unit code
 SHA256_SQL_FUNCTION = "autoswarm_sha256"  # base.content_hash, registered on every connection
+CODE_BLOBS_VERSION = 2  # the first version storing unit code once; upgrading to it frees most pages
 
 # The units table from version 2 on: code as hashes into `blobs` (invariant 12). Version 1 kept
 # train_py and profiles_json inline in every row.
@@ -230,7 +234,8 @@ class SqliteStore(Store):
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
-        self._migrate()
+        if self._migrate() < CODE_BLOBS_VERSION <= SCHEMA_VERSION:
+            self._reclaim_space()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -248,7 +253,8 @@ class SqliteStore(Store):
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def _migrate(self) -> None:
+    def _migrate(self) -> int:
+        """Bring the file to SCHEMA_VERSION in one transaction; returns the version it had."""
         with self._transaction(write=True) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
@@ -264,6 +270,20 @@ class SqliteStore(Store):
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif current != SCHEMA_VERSION:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        return int(current)
+
+    def _reclaim_space(self) -> None:
+        """After code left the unit rows, VACUUM once so the file shrinks (SQLite otherwise keeps
+        the freed pages for reuse). The migration is committed already: a VACUUM that cannot run
+        now (another process reading, a full disk) is logged and the store works on."""
+        with self._lock:
+            free_pages = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if free_pages == 0:
+                return
+            try:
+                self._conn.execute("VACUUM")
+            except sqlite3.OperationalError as exc:
+                log.warning("%s: VACUUM after moving unit code into blobs failed (%s); run it later", self.path, exc)
 
     def schema_version(self) -> int:
         with self._transaction(write=False) as conn:
