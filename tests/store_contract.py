@@ -1009,6 +1009,7 @@ class StoreContract(SnapshotContract):
             "cpu",
             "alice",
         )
+        assert isinstance(record.kind, UnitKind)  # typed as the stored one, not its text
         again, duplicate = store.record_result(
             lease.lease_id, volunteer.principal_id, ok_metrics(9.0), a_score(0.5), "res-2"
         )

@@ -74,6 +74,7 @@ from coordinator.store.types import (
     ResultRecord,
     Role,
     RunMetrics,
+    UnitKind,
     UnitState,
     WorkUnit,
 )
@@ -234,7 +235,7 @@ class SqliteStore(Store):
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
-        if self._migrate() < CODE_BLOBS_VERSION <= SCHEMA_VERSION:
+        if 0 < self._migrate() < CODE_BLOBS_VERSION:  # an existing file whose units held their code
             self._reclaim_space()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class SqliteStore(Store):
     def _reclaim_space(self) -> None:
         """After code left the unit rows, VACUUM once so the file shrinks (SQLite otherwise keeps
         the freed pages for reuse). The migration is committed already: a VACUUM that cannot run
-        now (another process reading, a full disk) is logged and the store works on."""
+        now (a full disk, a lock held past the busy timeout) is logged and the store works on."""
         with self._lock:
             free_pages = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
             if free_pages == 0:
@@ -283,7 +284,8 @@ class SqliteStore(Store):
             try:
                 self._conn.execute("VACUUM")
             except sqlite3.OperationalError as exc:
-                log.warning("%s: VACUUM after moving unit code into blobs failed (%s); run it later", self.path, exc)
+                log.warning("%s: VACUUM after moving unit code into blobs failed (%s); run it later",
+                            self.path, exc)
 
     def schema_version(self) -> int:
         with self._transaction(write=False) as conn:
@@ -807,7 +809,7 @@ class SqliteStore(Store):
                 result_id=result_id,
                 lease_id=lease_id,
                 unit_id=unit["unit_id"],
-                kind=unit["kind"],
+                kind=UnitKind(unit["kind"]),
                 hypothesis_id=unit["hypothesis_id"],
                 hardware_class=unit["hardware_class"],
                 base_commit=unit["base_commit"],
