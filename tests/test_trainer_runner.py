@@ -107,6 +107,7 @@ def untrained_bpb(cache_dir: Path, tmp_path: Path) -> float:
                         seq_len=profile.run.seq_len, eval_tokens=profile.run.eval_tokens, device="cpu")
 
 
+@pytest.mark.slow
 def test_whole_path_trains_below_the_untrained_model(cache_dir, tmp_path):
     """corpus -> tokenizer -> packed batches -> the cpu-class GPT trained a few seconds -> eval -> summary."""
     before = untrained_bpb(cache_dir, tmp_path)
@@ -138,6 +139,7 @@ def test_whole_path_trains_below_the_untrained_model(cache_dir, tmp_path):
     assert RunResult.from_json(result.to_json()) == result
 
 
+@pytest.mark.slow
 def test_crash_and_a_scrubbed_environment(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOSWARM_TEST_SECRET_TOKEN", "hunter2")
     result = run_experiment(broken_train_py("crash"), hardware_class="cpu", budget_s=1.0, dataset="pydoc",
@@ -155,6 +157,7 @@ def test_crash_and_a_scrubbed_environment(cache_dir, tmp_path, monkeypatch):
     assert "ONLY_THIS" in env_names and "HOME" not in env_names
 
 
+@pytest.mark.slow
 def test_oom(cache_dir, tmp_path):
     result = run_experiment(broken_train_py("oom"), hardware_class="cpu", budget_s=1.0, dataset="pydoc",
                             workdir=tmp_path, cache_dir=cache_dir)
@@ -163,6 +166,7 @@ def test_oom(cache_dir, tmp_path):
     assert "out of memory" in result.error and result.val_bpb is None
 
 
+@pytest.mark.slow
 def test_timeout_kills_at_twice_the_budget_with_the_process_group(cache_dir, tmp_path):
     budget_s = 1.5
     started = time.monotonic()
@@ -185,6 +189,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_nan(cache_dir, tmp_path):
     result = run_experiment(broken_train_py("nan"), hardware_class="cpu", budget_s=1.0, dataset="pydoc",
                             workdir=tmp_path, cache_dir=cache_dir)
@@ -228,6 +233,7 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+@pytest.mark.slow
 def test_cli_json_and_argument_errors(cache_dir, tmp_path):
     script = tmp_path / "broken.py"
     script.write_text(broken_train_py("crash"), encoding="utf-8")
