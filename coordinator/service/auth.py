@@ -85,6 +85,13 @@ class PrincipalCache:
         self._ttl_s = ttl_s
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
+    def cached(self, token_hash: str) -> tuple[bool, Principal | None]:
+        """(True, principal-or-None) when a fresh entry answers without the store, else (False, None)."""
+        hit = self._entries.get(token_hash)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl_s:
+            return True, hit[1]
+        return False, None
+
     def lookup(self, token_hash: str) -> Principal | None:
         now = time.monotonic()
         hit = self._entries.get(token_hash)
@@ -100,16 +107,43 @@ class PrincipalCache:
         self._entries.clear()
 
 
+class _NeedsStore:
+    """authorize_from_memory's answer when only the store knows the token."""
+
+
+NEEDS_STORE = _NeedsStore()
+
+
 def authorize(cache: PrincipalCache, method: str, token: str | None) -> Principal | None:
     """The principal allowed to call method, None for public methods; raises typed errors."""
+    allowed = _allowed_roles(method, token)
+    if not allowed:
+        return None
+    return _check_principal(cache.lookup(hash_token(token or "")), method, allowed)
+
+
+def authorize_from_memory(cache: PrincipalCache, method: str, token: str | None) -> Principal | None | _NeedsStore:
+    """authorize() without touching the store (so it may run on the event loop): NEEDS_STORE when
+    the token is not in the cache; raises the same typed errors otherwise."""
+    allowed = _allowed_roles(method, token)
+    if not allowed:
+        return None
+    found, principal = cache.cached(hash_token(token or ""))
+    if not found:
+        return NEEDS_STORE
+    return _check_principal(principal, method, allowed)
+
+
+def _allowed_roles(method: str, token: str | None) -> frozenset[Role]:
     allowed = roles_for(method)
     if allowed is None:
         raise PermissionDeniedError(f"method {method} is not exposed")
-    if not allowed:
-        return None
-    if not token:
+    if allowed and not token:
         raise UnauthenticatedError("missing bearer token (metadata 'authorization: Bearer <token>')")
-    principal = cache.lookup(hash_token(token))
+    return allowed
+
+
+def _check_principal(principal: Principal | None, method: str, allowed: frozenset[Role]) -> Principal:
     if principal is None:
         raise UnauthenticatedError("unknown token")
     if principal.revoked:
@@ -141,7 +175,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                principal = await run_blocking(authorize, cache, method, token)
+                # Public methods and cached tokens are answered on the loop; only a token the
+                # cache does not hold costs a trip to the worker pool (the store may block).
+                principal = authorize_from_memory(cache, method, token)
+                if principal is NEEDS_STORE:
+                    principal = await run_blocking(authorize, cache, method, token)
             except Exception as exc:  # typed errors become their status; nothing else ran
                 code, details = status_for(exc)
                 await context.abort(code, details)

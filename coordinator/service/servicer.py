@@ -35,8 +35,8 @@ MAX_PAGE_SIZE = 1000
 class Blocking:
     """Runs synchronous core calls on a thread pool from async handlers."""
 
-    def __init__(self, workers: int = 16) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="core")
+    def __init__(self, workers: int = 16, name: str = "core") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -78,9 +78,20 @@ def _page_size(requested: int, default: int = 100) -> int:
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    def __init__(self, core: CoordinatorCore, run: Blocking, cache: PrincipalCache, classify: Callable) -> None:
+    def __init__(
+        self,
+        core: CoordinatorCore,
+        run: Blocking,
+        cache: PrincipalCache,
+        classify: Callable,
+        decide: Blocking | None = None,
+    ) -> None:
         self.core = core
         self.run = run
+        # Calls that queue on the core's decision lock (judging a report, admitting a hypothesis)
+        # get their own pool, so a burst of them, or a long policy pass, never takes every worker
+        # from the leases and heartbeats that need no lock.
+        self.decide = decide or run
         self.cache = cache
         self.classify = classify  # HardwareFingerprint-as-dict, requested class -> class name
 
@@ -166,7 +177,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             metrics = convert.metrics_from_pb(request.result)
             return self.core.report(principal, request.lease_id, metrics)
 
-        outcome = await _call(context, self.run, "ReportResult", report)
+        outcome = await _call(context, self.decide, "ReportResult", report)
         METRICS.reports.labels(outcome.record.metrics.status.value, str(outcome.duplicate).lower()).inc()
         response = pb.ReportResultResponse(
             result_id=outcome.record.result_id,
@@ -199,7 +210,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             source = HypothesisSource.AGENT  # only the coordinator itself proposes as builtin
         priority = request.priority if principal.role == Role.ADMIN else min(request.priority, 0.0)
         hypothesis = await _call(
-            context, self.run, "SubmitHypothesis", self.core.submit_hypothesis,
+            context, self.decide, "SubmitHypothesis", self.core.submit_hypothesis,
             principal.principal_id, request.title, request.rationale, request.patch, request.base_commit,
             dict(request.constant_changes), source, priority,
         )
