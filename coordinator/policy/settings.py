@@ -1,0 +1,155 @@
+"""Acceptance and scheduling thresholds. Defaults were chosen with `autoswarm simulate`; the
+reasoning behind each (false-positive rates, run cost) is in coordinator/policy/README.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class SettingsError(ValueError):
+    """A settings dict or JSON document names an unknown field or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class AcceptanceSettings:
+    # -- baselines and class noise ---------------------------------------------------------------
+    baseline_replicates: int = 2  # baseline runs each active class gets on each new head
+    baseline_max: int = 12  # at most this many baseline runs per class and head
+    baseline_on_demand: bool = True  # a hypothesis asks for a baseline run when that tightens its test more
+    min_baseline_samples: int = 2  # below this a (class, commit) has no usable baseline
+    reuse_merged_samples: bool = True  # a merged win's runs on its merge parent ran the new head's code
+    prior_sigma: float = 0.01  # bpb; a class's noise until its own baselines give min_sigma_dof
+    prior_sigma_by_class: Mapping[str, float] = field(default_factory=dict)
+    min_sigma_dof: int = 6  # dof of a class's measured spread before decisions use it (they wait till then)
+    sigma_floor: float = 1e-4  # bpb; identical numbers from deterministic runs must not make z infinite
+    sigma_window_groups: int = 100  # newest commits whose baseline runs feed a class's sigma
+    # -- one hypothesis ---------------------------------------------------------------------------
+    discard_z: float = 0.0  # first run's z below this: rejected at once (early discard)
+    promising_z: float = 1.5  # first run's z at least this: replicated; between the two: rejected as
+    # "weakly better" (mostly noise; not worth replicating alone)
+    confirm_z: float = 3.0  # one-sided z of the pooled evidence needed to confirm
+    futility_z: float = 1.0  # from the second run on: pooled z projected to max_samples runs below this: rejected
+    verify_z: float = 0.0  # runs on the head (after the base moved) must not point the other way
+    verify_max_lag: int = 2  # runs this many merges behind the head still count as on the head
+    loo_min_z: float = 0.5  # evidence without any single owner must still reach this z
+    clip_sigma: float = 4.0  # one run moves the evidence by at most this many sigmas
+    min_volunteers: int = 2  # distinct volunteers behind a confirmation
+    min_owners: int = 2  # distinct owners behind a confirmation
+    max_samples: int = 6  # runs of one hypothesis (first run plus replicates) before giving up
+    max_crash_retries: int = 2  # crashed/timed-out/OOM runs retried this often, then failed
+    # -- after a merge ----------------------------------------------------------------------------
+    revert_z: float = 3.0  # a class's new head baseline this many sigmas worse: revert the merge
+    revert_min_samples: int = 2  # fresh baseline runs on the new head before judging a class
+    revert_enabled: bool = True
+    # -- the queue --------------------------------------------------------------------------------
+    lease_factor: float = 3.0  # lease deadline = factor x budget (heartbeats extend it)
+    queue_factor: float = 1.0  # queued units kept per online volunteer of a class
+    online_window_s: float = 900.0  # a volunteer seen this recently counts as online
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def prior_sigma_for(self, hardware_class: str) -> float:
+        return float(self.prior_sigma_by_class.get(hardware_class, self.prior_sigma))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> AcceptanceSettings:
+        """Defaults overridden by `values`; unknown keys and wrong types raise SettingsError."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown acceptance setting(s): {', '.join(unknown)}")
+        converted: dict[str, object] = {}
+        defaults = cls()
+        for name, value in values.items():
+            converted[name] = _coerce(name, value, getattr(defaults, name))
+        return cls(**converted)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls, text: str) -> AcceptanceSettings:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"acceptance settings are not valid JSON: {exc}") from exc
+        if not isinstance(values, dict):
+            raise SettingsError("acceptance settings must be a JSON object")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, object]:
+        out = dataclasses.asdict(self)
+        out["prior_sigma_by_class"] = dict(self.prior_sigma_by_class)
+        return out
+
+    def replace(self, **changes: object) -> AcceptanceSettings:
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(name: str, value: object, default: object) -> object:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{name} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SettingsError(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+    if isinstance(default, Mapping):
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"{name} must be an object of class -> number, got {value!r}")
+        out: dict[str, float] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or isinstance(item, bool) or not isinstance(item, int | float):
+                raise SettingsError(f"{name}[{key!r}] must be a number, got {item!r}")
+            out[key] = float(item)
+        return out
+    return value
+
+
+def _problems(s: AcceptanceSettings) -> list[str]:
+    problems: list[str] = []
+    positive = {
+        "prior_sigma": s.prior_sigma,
+        "sigma_floor": s.sigma_floor,
+        "confirm_z": s.confirm_z,
+        "lease_factor": s.lease_factor,
+        "clip_sigma": s.clip_sigma,
+        "revert_z": s.revert_z,
+        "online_window_s": s.online_window_s,
+    }
+    problems += [f"{k} must be > 0, got {v}" for k, v in positive.items() if not v > 0]
+    at_least = {
+        "baseline_replicates": (s.baseline_replicates, 1),
+        "min_baseline_samples": (s.min_baseline_samples, 1),
+        "baseline_max": (s.baseline_max, 1),
+        "min_sigma_dof": (s.min_sigma_dof, 1),
+        "sigma_window_groups": (s.sigma_window_groups, 1),
+        "min_volunteers": (s.min_volunteers, 1),
+        "min_owners": (s.min_owners, 1),
+        "max_samples": (s.max_samples, 1),
+        "max_crash_retries": (s.max_crash_retries, 0),
+        "verify_max_lag": (s.verify_max_lag, 0),
+        "revert_min_samples": (s.revert_min_samples, 1),
+    }
+    problems += [f"{k} must be >= {lo}, got {v}" for k, (v, lo) in at_least.items() if v < lo]
+    if s.max_samples < max(s.min_volunteers, s.min_owners):
+        problems.append("max_samples must allow min_volunteers and min_owners distinct runs")
+    if s.min_baseline_samples > s.baseline_replicates:
+        problems.append("min_baseline_samples cannot exceed baseline_replicates")
+    if s.discard_z > s.promising_z:
+        problems.append("discard_z cannot exceed promising_z")
+    if s.queue_factor < 0:
+        problems.append(f"queue_factor must be >= 0, got {s.queue_factor}")
+    bad_priors = [k for k, v in s.prior_sigma_by_class.items() if not (isinstance(v, float | int) and v > 0)]
+    if bad_priors:
+        problems.append(f"prior_sigma_by_class must be > 0 for {', '.join(sorted(bad_priors))}")
+    return problems

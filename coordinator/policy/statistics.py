@@ -1,0 +1,327 @@
+"""Class noise, normalized scores and the pooled-evidence test. Pure arithmetic, standard library only.
+
+Conventions: a *delta* is baseline minus candidate val_bpb, so positive means better (lower bpb);
+z values are one-sided in that direction. Sigma is the run-to-run spread of val_bpb for identical
+code on one hardware class, pooled over the within-commit spread of that class's baseline runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+from coordinator.store.types import ClassStats, NormalizedScore
+
+_STANDARD_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class SigmaEstimate:
+    sigma: float
+    dof: int  # degrees of freedom of the measured spread (0: none)
+    from_prior: bool  # true while the measured spread has fewer than min_dof dof
+    measured_sigma: float = 0.0  # the plain pooled estimate (0 when dof is 0)
+
+
+KNOWN_SIGMA_DOF = 0  # a sigma taken as exact (the prior, or a caller's known value)
+
+
+def one_sided_p(z: float) -> float:
+    """P(Z >= z) for a standard normal Z."""
+    return 1.0 - _STANDARD_NORMAL.cdf(z) if z < 5 else _normal_tail(z)
+
+
+def _normal_tail(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def normal_quantile(p: float) -> float:
+    return _STANDARD_NORMAL.inv_cdf(p)
+
+
+def student_t_sf(t: float, dof: int) -> float:
+    """P(T >= t) for Student's t with `dof` degrees of freedom (dof 0: the normal limit)."""
+    if dof <= 0:
+        return _normal_tail(t)
+    tail = 0.5 * _incomplete_beta(dof / 2.0, 0.5, dof / (dof + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_to_z(t: float, dof: int) -> float:
+    """The normal deviate with the same one-sided tail as t on `dof` degrees of freedom.
+
+    Sigma estimated from few runs makes t heavier-tailed than z: with 4 dof, t = 7.2 is as rare
+    as z = 3. Thresholds stay in z units, so their false-positive rates hold whatever the dof.
+    """
+    if dof <= 0 or not math.isfinite(t):
+        return t
+    p = student_t_sf(abs(t), dof)
+    if p <= 0.0:
+        return math.copysign(38.0, t)
+    z = -normal_quantile(p) if p < 0.5 else 0.0
+    return math.copysign(z, t)
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def pooled_spread(groups: Iterable[Sequence[float]]) -> tuple[float, int]:
+    """Pooled within-group standard deviation and its degrees of freedom (sum of n_i - 1).
+
+    Each group holds runs of identical code (one class, one commit), so commit-to-commit
+    differences do not inflate the noise estimate. Groups of one run contribute nothing.
+    """
+    squares = 0.0
+    dof = 0
+    for values in groups:
+        n = len(values)
+        if n < 2:
+            continue
+        mean = math.fsum(values) / n
+        squares += math.fsum((v - mean) ** 2 for v in values)
+        dof += n - 1
+    if dof == 0:
+        return 0.0, 0
+    return math.sqrt(squares / dof), dof
+
+
+def estimate_sigma(
+    groups: Iterable[Sequence[float]], prior_sigma: float, *, min_dof: int, floor: float = 0.0
+) -> SigmaEstimate:
+    """A class's noise: the prior until the groups give min_dof, then the pooled spread.
+
+    The uncertainty of a measured sigma is not hidden in an inflated estimate: its dof travel
+    with it and tests convert their t statistics with `t_to_z`.
+    """
+    measured, dof = pooled_spread(groups)
+    if dof < min_dof:
+        return SigmaEstimate(max(prior_sigma, floor), dof, True, measured)
+    return SigmaEstimate(max(measured, floor), dof, False, measured)
+
+
+def normalize(val_bpb: float, stats: ClassStats | None, min_samples: int = 1) -> NormalizedScore:
+    """A result against its class baseline on the same commit; positive deltas are better."""
+    if stats is None or stats.samples < min_samples or stats.mean_val_bpb <= 0 or stats.sigma <= 0:
+        return NormalizedScore(
+            has_baseline=False,
+            baseline_samples=0 if stats is None else stats.samples,
+            class_sigma=0.0 if stats is None else stats.sigma,
+        )
+    delta = stats.mean_val_bpb - val_bpb
+    return NormalizedScore(
+        has_baseline=True,
+        baseline_val_bpb=stats.mean_val_bpb,
+        delta_bpb=delta,
+        delta_percent=100.0 * delta / stats.mean_val_bpb,
+        delta_sigma=delta / stats.sigma,
+        class_sigma=stats.sigma,
+        baseline_samples=stats.samples,
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One counting run of a hypothesis."""
+
+    val_bpb: float
+    volunteer_id: str
+    owner: str
+    result_id: str = ""
+
+
+@dataclass(frozen=True)
+class SampleGroup:
+    """Runs of one hypothesis on one class and base commit, with that pair's baseline."""
+
+    hardware_class: str
+    base_commit: str
+    baseline_mean: float
+    baseline_samples: int
+    sigma: float
+    samples: tuple[Sample, ...]
+    sigma_dof: int = KNOWN_SIGMA_DOF  # dof of the sigma estimate (0: taken as exact)
+
+
+@dataclass(frozen=True)
+class GroupEvidence:
+    hardware_class: str
+    base_commit: str
+    runs: int
+    delta_bpb: float  # baseline mean minus mean of the (clipped) runs
+    se_bpb: float
+    z: float  # t statistic converted to z (see t_to_z)
+    sigma: float
+    baseline_val_bpb: float
+    baseline_samples: int
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Pooled evidence over groups (inverse-variance weighted, a fixed-effect combination)."""
+
+    runs: int = 0
+    delta_bpb: float = 0.0
+    se_bpb: float = math.inf
+    z: float = 0.0  # one-sided, t converted to z with the smallest sigma dof involved
+    z_known_sigma: float = 0.0  # the same test if the sigmas were exact
+    sigma_dof: int = KNOWN_SIGMA_DOF
+    effect_sigma: float = 0.0  # weighted mean of per-group delta/sigma: size, not significance
+    volunteers: frozenset[str] = frozenset()
+    owners: frozenset[str] = frozenset()
+    result_ids: tuple[str, ...] = ()
+    groups: tuple[GroupEvidence, ...] = field(default_factory=tuple)
+
+    @property
+    def p_value(self) -> float:
+        return one_sided_p(self.z)
+
+    def delta_bpb_by_class(self) -> dict[str, float]:
+        """Per class, the weighted delta over its groups (for commit messages and leaderboards)."""
+        sums: dict[str, tuple[float, float]] = {}
+        for g in self.groups:
+            weight = 1.0 / (g.se_bpb**2)
+            total, weights = sums.get(g.hardware_class, (0.0, 0.0))
+            sums[g.hardware_class] = (total + weight * g.delta_bpb, weights + weight)
+        return {c: total / weights for c, (total, weights) in sorted(sums.items())}
+
+    def lines(self) -> list[str]:
+        """Human-readable evidence, one line per class and base, then the pooled line."""
+        out = [
+            f"{g.hardware_class} @ {g.base_commit[:10]}: {g.runs} run(s), delta {g.delta_bpb:+.6f} bpb "
+            f"({100.0 * g.delta_bpb / g.baseline_val_bpb:+.3f}%, {g.delta_bpb / g.sigma:+.2f} sigma, "
+            f"sigma {g.sigma:.6f}, baseline {g.baseline_val_bpb:.6f} over {g.baseline_samples} runs)"
+            for g in self.groups
+        ]
+        out.append(
+            f"pooled: {self.runs} run(s) from {len(self.volunteers)} volunteer(s) of {len(self.owners)} "
+            f"owner(s), delta {self.delta_bpb:+.6f} +- {self.se_bpb:.6f} bpb, z = {self.z:.2f} "
+            f"(one-sided p = {self.p_value:.2g})"
+        )
+        return out
+
+
+def pooled_evidence(groups: Sequence[SampleGroup], clip_sigma: float = math.inf) -> Evidence:
+    """Combine a hypothesis's runs into one z against the class baselines.
+
+    Within a group the runs share one baseline mean, so the group's delta has variance
+    sigma^2 (1/k + 1/n); groups are independent and combined with weights 1/variance. Each run is
+    first clipped to baseline mean +- clip_sigma * sigma, so no single number (honest outlier or
+    forged report) can move the evidence by more than a bounded amount.
+    """
+    weight_sum = 0.0
+    weighted_delta = 0.0
+    weighted_effect = 0.0
+    parts: list[GroupEvidence] = []
+    volunteers: set[str] = set()
+    owners: set[str] = set()
+    result_ids: list[str] = []
+    dofs: list[int] = []
+    runs = 0
+    for group in groups:
+        if not group.samples or group.baseline_samples < 1 or group.sigma <= 0:
+            continue
+        low = group.baseline_mean - clip_sigma * group.sigma
+        high = group.baseline_mean + clip_sigma * group.sigma
+        clipped = [min(max(s.val_bpb, low), high) for s in group.samples]
+        k = len(clipped)
+        delta = group.baseline_mean - math.fsum(clipped) / k
+        variance = group.sigma**2 * (1.0 / k + 1.0 / group.baseline_samples)
+        se = math.sqrt(variance)
+        parts.append(
+            GroupEvidence(
+                hardware_class=group.hardware_class,
+                base_commit=group.base_commit,
+                runs=k,
+                delta_bpb=delta,
+                se_bpb=se,
+                z=t_to_z(delta / se, group.sigma_dof),
+                sigma=group.sigma,
+                baseline_val_bpb=group.baseline_mean,
+                baseline_samples=group.baseline_samples,
+            )
+        )
+        weight_sum += 1.0 / variance
+        weighted_delta += delta / variance
+        weighted_effect += (delta / group.sigma) / variance
+        runs += k
+        dofs.append(group.sigma_dof)
+        for s in group.samples:
+            volunteers.add(s.volunteer_id)
+            owners.add(s.owner)
+            if s.result_id:
+                result_ids.append(s.result_id)
+    if weight_sum == 0.0:
+        return Evidence()
+    delta = weighted_delta / weight_sum
+    se = 1.0 / math.sqrt(weight_sum)
+    # The weakest sigma estimate sets the tails (conservative when classes are mixed).
+    dof = KNOWN_SIGMA_DOF if all(d == KNOWN_SIGMA_DOF for d in dofs) else min(d for d in dofs if d > 0)
+    return Evidence(
+        runs=runs,
+        delta_bpb=delta,
+        se_bpb=se,
+        z=t_to_z(delta / se, dof),
+        z_known_sigma=delta / se,
+        sigma_dof=dof,
+        effect_sigma=weighted_effect / weight_sum,
+        volunteers=frozenset(volunteers),
+        owners=frozenset(owners),
+        result_ids=tuple(result_ids),
+        groups=tuple(parts),
+    )
+
+
+def without_owner(groups: Sequence[SampleGroup], owner: str) -> list[SampleGroup]:
+    """The same groups with one owner's runs removed (for the leave-one-owner-out check)."""
+    out: list[SampleGroup] = []
+    for group in groups:
+        kept = tuple(s for s in group.samples if s.owner != owner)
+        if kept:
+            out.append(
+                SampleGroup(
+                    group.hardware_class, group.base_commit, group.baseline_mean,
+                    group.baseline_samples, group.sigma, kept, group.sigma_dof,
+                )
+            )
+    return out
+
+
+def shift_z(
+    new_values: Sequence[float], old_values: Sequence[float], sigma: float, sigma_dof: int = KNOWN_SIGMA_DOF
+) -> float:
+    """How far the mean of new_values lies above (worse than) old_values, as a one-sided z."""
+    if not new_values or not old_values or sigma <= 0:
+        return 0.0
+    diff = math.fsum(new_values) / len(new_values) - math.fsum(old_values) / len(old_values)
+    return t_to_z(diff / (sigma * math.sqrt(1.0 / len(new_values) + 1.0 / len(old_values))), sigma_dof)
