@@ -94,6 +94,7 @@ def test_clipping_bounds_one_number():
     honest = _group("a", 1.0, 4, 0.01, [(0.5, "liar", "o1")])
     ev = pooled_evidence([honest], clip_sigma=4.0)
     assert ev.delta_bpb == pytest.approx(0.04)  # 0.5 is clipped to 1.0 - 4 * 0.01
+    assert ev.reported_delta_bpb == pytest.approx(0.5)
     assert pooled_evidence([honest]).delta_bpb == pytest.approx(0.5)
 
 

@@ -113,6 +113,7 @@ class ProposerSettings:
     max_in_flight_per_constant: int = 2  # open hypotheses touching one constant
     queue_share: float = 1.0  # untried hypotheses kept queued per volunteer online
     opposite_penalty: float = 3.0  # (x effect scale) for a direction opposite to one being measured
+    empirical_prior: bool = True  # untried directions start at the mean measured effect, not at zero
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,10 @@ class Proposer:
         s = self.settings
         estimates = self._estimates(history)
         scale = _effect_scale(history)
+        prior = _prior_effect(history) if s.empirical_prior else 0.0
+
+        def posterior_mean(est: _Estimate) -> float:
+            return (est.weighted_sum + s.shrinkage * prior) / (est.weight + s.shrinkage)
         rng = random.Random(self._rng_seed(head_constants, history))
         busy = Counter(in_flight)
         blocked = set(avoid) | {m.key for m in history if m.key}
@@ -217,7 +222,7 @@ class Proposer:
                     if move.key in blocked or f"{base}|{move.key}" in blocked:
                         continue
                     est = estimates.get((name, move.direction), _Estimate())
-                    mean = est.weighted_sum / (est.weight + s.shrinkage)
+                    mean = posterior_mean(est)
                     spread = scale / math.sqrt(est.weight + s.shrinkage)
                     draw = mean + s.exploration * spread * rng.gauss(0.0, 1.0)
                     if move.bold:
@@ -241,7 +246,7 @@ class Proposer:
         # Still short: combine the most promising untried directions pairwise.
         singles = sorted(
             (
-                (est.weighted_sum / (est.weight + s.shrinkage), name, direction)
+                (posterior_mean(est), name, direction)
                 for (name, direction), est in estimates.items()
                 if name in head_constants and name not in frozen
             ),
@@ -267,7 +272,7 @@ class Proposer:
             blocked.add(f"{base}|{move_key(moves)}")
             busy[a.name] += 1
             busy[b.name] += 1
-            mean = (ea.weighted_sum / (ea.weight + s.shrinkage)) + (eb.weighted_sum / (eb.weight + s.shrinkage))
+            mean = posterior_mean(ea) + posterior_mean(eb)
             proposals.append(self._proposal([a, b], [ea, eb], mean, scale, head_constants))
         return proposals
 
@@ -432,6 +437,15 @@ def _verb(move: _Move) -> str:
     if move.direction.startswith("="):
         return "switch"
     return "raise" if move.direction.endswith("up") else "lower"
+
+
+def _prior_effect(history: Sequence[MeasuredChange]) -> float:
+    """What an untried move is expected to do: the mean effect of recent moves (most moves hurt,
+    so untried directions start below the ones known to help)."""
+    effects = [m.effect_sigma for m in history[-200:]]
+    if len(effects) < 5:
+        return 0.0
+    return math.fsum(effects) / len(effects)
 
 
 def _effect_scale(history: Sequence[MeasuredChange]) -> float:

@@ -180,6 +180,7 @@ class GroupEvidence:
     runs: int
     delta_bpb: float  # baseline mean minus mean of the (clipped) runs
     se_bpb: float
+    reported_delta_bpb: float  # the same without clipping: what the runs said
     z: float  # t statistic converted to z (see t_to_z)
     sigma: float
     baseline_val_bpb: float
@@ -191,7 +192,8 @@ class Evidence:
     """Pooled evidence over groups (inverse-variance weighted, a fixed-effect combination)."""
 
     runs: int = 0
-    delta_bpb: float = 0.0
+    delta_bpb: float = 0.0  # from runs clipped to +- clip_sigma: what the test uses
+    reported_delta_bpb: float = 0.0  # the same weighting without clipping
     se_bpb: float = math.inf
     z: float = 0.0  # one-sided, t converted to z with the smallest sigma dof involved
     z_known_sigma: float = 0.0  # the same test if the sigmas were exact
@@ -207,25 +209,25 @@ class Evidence:
         return one_sided_p(self.z)
 
     def delta_bpb_by_class(self) -> dict[str, float]:
-        """Per class, the weighted delta over its groups (for commit messages and leaderboards)."""
+        """Per class, the weighted reported delta over its groups (commit messages, leaderboards)."""
         sums: dict[str, tuple[float, float]] = {}
         for g in self.groups:
             weight = 1.0 / (g.se_bpb**2)
             total, weights = sums.get(g.hardware_class, (0.0, 0.0))
-            sums[g.hardware_class] = (total + weight * g.delta_bpb, weights + weight)
+            sums[g.hardware_class] = (total + weight * g.reported_delta_bpb, weights + weight)
         return {c: total / weights for c, (total, weights) in sorted(sums.items())}
 
     def lines(self) -> list[str]:
         """Human-readable evidence, one line per class and base, then the pooled line."""
         out = [
-            f"{g.hardware_class} @ {g.base_commit[:10]}: {g.runs} run(s), delta {g.delta_bpb:+.6f} bpb "
-            f"({100.0 * g.delta_bpb / g.baseline_val_bpb:+.3f}%, {g.delta_bpb / g.sigma:+.2f} sigma, "
+            f"{g.hardware_class} @ {g.base_commit[:10]}: {g.runs} run(s), delta {g.reported_delta_bpb:+.6f} bpb "
+            f"({100.0 * g.reported_delta_bpb / g.baseline_val_bpb:+.3f}%, {g.reported_delta_bpb / g.sigma:+.2f} sigma, "
             f"sigma {g.sigma:.6f}, baseline {g.baseline_val_bpb:.6f} over {g.baseline_samples} runs)"
             for g in self.groups
         ]
         out.append(
             f"pooled: {self.runs} run(s) from {len(self.volunteers)} volunteer(s) of {len(self.owners)} "
-            f"owner(s), delta {self.delta_bpb:+.6f} +- {self.se_bpb:.6f} bpb, z = {self.z:.2f} "
+            f"owner(s), delta {self.reported_delta_bpb:+.6f} +- {self.se_bpb:.6f} bpb, z = {self.z:.2f} "
             f"(one-sided p = {self.p_value:.2g})"
         )
         return out
@@ -241,6 +243,7 @@ def pooled_evidence(groups: Sequence[SampleGroup], clip_sigma: float = math.inf)
     """
     weight_sum = 0.0
     weighted_delta = 0.0
+    weighted_reported = 0.0
     weighted_effect = 0.0
     parts: list[GroupEvidence] = []
     volunteers: set[str] = set()
@@ -256,6 +259,7 @@ def pooled_evidence(groups: Sequence[SampleGroup], clip_sigma: float = math.inf)
         clipped = [min(max(s.val_bpb, low), high) for s in group.samples]
         k = len(clipped)
         delta = group.baseline_mean - math.fsum(clipped) / k
+        reported = group.baseline_mean - math.fsum(x.val_bpb for x in group.samples) / k
         variance = group.sigma**2 * (1.0 / k + 1.0 / group.baseline_samples)
         se = math.sqrt(variance)
         parts.append(
@@ -265,6 +269,7 @@ def pooled_evidence(groups: Sequence[SampleGroup], clip_sigma: float = math.inf)
                 runs=k,
                 delta_bpb=delta,
                 se_bpb=se,
+                reported_delta_bpb=reported,
                 z=t_to_z(delta / se, group.sigma_dof),
                 sigma=group.sigma,
                 baseline_val_bpb=group.baseline_mean,
@@ -273,6 +278,7 @@ def pooled_evidence(groups: Sequence[SampleGroup], clip_sigma: float = math.inf)
         )
         weight_sum += 1.0 / variance
         weighted_delta += delta / variance
+        weighted_reported += reported / variance
         weighted_effect += (delta / group.sigma) / variance
         runs += k
         dofs.append(group.sigma_dof)
@@ -290,6 +296,7 @@ def pooled_evidence(groups: Sequence[SampleGroup], clip_sigma: float = math.inf)
     return Evidence(
         runs=runs,
         delta_bpb=delta,
+        reported_delta_bpb=weighted_reported / weight_sum,
         se_bpb=se,
         z=t_to_z(delta / se, dof),
         z_known_sigma=delta / se,

@@ -1,0 +1,381 @@
+"""judge / plan / after_crash / after_merge scenarios on an in-memory view with chosen numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.policy import decisions
+from coordinator.policy.decisions import VERIFY_PRIORITY
+from coordinator.policy.settings import AcceptanceSettings
+from coordinator.policy.statistics import normalize
+from coordinator.policy.view import InMemoryView
+from coordinator.store.types import (
+    HypothesisState,
+    MergeRecord,
+    RunMetrics,
+    RunStatus,
+    UnitKind,
+    UnitState,
+)
+
+# Baselines [1.0, 1.002, 0.998, 1.0] twice per class: mean 1.0 (gpu-a) / 1.3 (gpu-b),
+# pooled spread sqrt(1.6e-5 / 7) = 0.001512 on 7 dof.
+SIGMA = (1.6e-5 / 7) ** 0.5
+SETTINGS = AcceptanceSettings(min_sigma_dof=6)
+STRICT = SETTINGS.replace(verify_max_lag=0)
+
+VOLUNTEERS = {
+    "a1": ("o1", "gpu-a"),
+    "a2": ("o1", "gpu-a"),
+    "a3": ("o2", "gpu-a"),
+    "a4": ("o3", "gpu-a"),
+    "b1": ("o2", "gpu-b"),
+    "b2": ("o3", "gpu-b"),
+    "b3": ("o4", "gpu-b"),
+    "b4": ("o5", "gpu-b"),  # runs no baselines
+}
+
+
+def run(view: InMemoryView, volunteer: str, value: float, hypothesis_id: str = "", commit: str = "",
+        kind: UnitKind | None = None, status: RunStatus = RunStatus.OK):
+    cls = VOLUNTEERS[volunteer][1]
+    kind = kind or (UnitKind.CANDIDATE if hypothesis_id else UnitKind.BASELINE)
+    unit = view.add_unit(kind, cls, commit or view.head_commit(), hypothesis_id)
+    error = "" if status == RunStatus.OK else f"{status.value} in step 3"
+    return view.add_result(unit.unit_id, volunteer, RunMetrics(status, val_bpb=value, error=error))
+
+
+def baselines(view: InMemoryView, commit: str, shift_a: float = 0.0, shift_b: float = 0.0) -> None:
+    for i, d in enumerate([0.0, 0.002, -0.002, 0.0] * 2):
+        run(view, ["a1", "a3", "a4", "a2"][i % 4], 1.0 + shift_a + d, commit=commit)
+        run(view, ["b1", "b2", "b3", "b1"][i % 4], 1.3 + shift_b + d, commit=commit)
+
+
+@pytest.fixture
+def view() -> InMemoryView:
+    v = InMemoryView("c0", {"DEPTH": "8", "MATRIX_LR": "0.04", "WINDOW_PATTERN": '"SSSL"'})
+    for vid, (owner, cls) in VOLUNTEERS.items():
+        v.add_volunteer(vid, owner, cls)
+    v.set_pins("gpu-b", {"DEPTH", "DEVICE_BATCH_SIZE"})
+    baselines(v, "c0")
+    return v
+
+
+def test_sigma_and_score_from_baselines(view):
+    est = decisions.class_sigma(view, "gpu-a", SETTINGS)
+    assert not est.from_prior and est.dof == 7 and est.sigma == pytest.approx(SIGMA)
+    score = decisions.score_result(view, "gpu-a", "c0", 0.99, SETTINGS)
+    assert score.has_baseline and score.baseline_samples == 8
+    assert score.delta_bpb == pytest.approx(0.01) and score.delta_sigma == pytest.approx(0.01 / SIGMA)
+    stats = decisions.class_stats(view, "gpu-b", "c0", SETTINGS)
+    assert stats.mean_val_bpb == pytest.approx(1.3) and normalize(1.29, stats).delta_percent == pytest.approx(100 * 0.01 / 1.3)
+
+
+def test_prior_until_enough_baselines():
+    v = InMemoryView("c0")
+    v.add_volunteer("a1", "o1", "gpu-a")
+    est = decisions.class_sigma(v, "gpu-a", SETTINGS.replace(prior_sigma_by_class={"gpu-a": 0.02}))
+    assert est.from_prior and est.sigma == 0.02
+    assert not decisions.score_result(v, "gpu-a", "c0", 1.0, SETTINGS).has_baseline
+
+
+def test_early_discard(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 1.003, h.hypothesis_id)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.REJECTED
+    assert j.reason.startswith("early discard") and j.requests == ()
+
+
+def test_weakly_better_is_not_replicated(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.9995, h.hypothesis_id)  # z about 0.3
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.REJECTED and j.reason.startswith("weakly better")
+
+
+def test_promising_replicate_goes_to_another_volunteer_and_owner(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.PROMISING
+    (req,) = j.requests
+    assert req.kind == UnitKind.REPLICATE and req.hypothesis_id == h.hypothesis_id
+    assert req.excluded_volunteers == ("a1",) and req.excluded_owners == ("o1",)
+    assert req.base_commit == "c0"
+    assert req.hardware_class == "gpu-b"  # the class it has not run on yet
+    # Judging again with the replicate queued asks for nothing more.
+    view.add_unit(req.kind, req.hardware_class, req.base_commit, h.hypothesis_id, req.priority,
+                  req.excluded_volunteers, req.excluded_owners)
+    again = decisions.judge(view, h, SETTINGS)
+    assert again.requests == () and again.state == HypothesisState.PROMISING
+
+
+def test_single_lucky_number_never_confirms(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.95, h.hypothesis_id)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.PROMISING and not j.confirmed
+
+
+def test_two_volunteers_of_one_owner_never_confirm(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    run(view, "a2", 0.989, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.evidence.z >= SETTINGS.confirm_z  # strong enough: only the owner rule holds it back
+    assert j.state == HypothesisState.REPLICATING and not j.confirmed
+    (req,) = j.requests
+    assert req.kind == UnitKind.REPLICATE
+    assert set(req.excluded_volunteers) == {"a1", "a2"} and req.excluded_owners == ("o1",)
+
+
+def test_real_improvement_from_two_owners_confirms(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    run(view, "b1", 1.290, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.CONFIRMED and j.merge_onto == "c0"
+    assert j.evidence.owners == {"o1", "o2"} and j.evidence.runs == 2
+    assert j.evidence.reported_delta_bpb == pytest.approx(0.01)
+    assert j.evidence.delta_bpb == pytest.approx(4 * SIGMA)  # 6.6 sigma runs count as 4 in the test
+    assert j.evidence.delta_bpb_by_class() == pytest.approx({"gpu-a": 0.01, "gpu-b": 0.01})
+    assert "pooled: 2 run(s) from 2 volunteer(s) of 2 owner(s)" in j.evidence.lines()[-1]
+
+
+def test_one_forged_number_with_an_honest_neutral_one_does_not_confirm(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.5, h.hypothesis_id)  # forged: clipped to 4 sigma
+    run(view, "b1", 1.300, h.hypothesis_id, kind=UnitKind.REPLICATE)  # honest: no change
+    j = decisions.judge(view, h, SETTINGS)
+    assert not j.confirmed
+    assert j.evidence.groups[0].delta_bpb == pytest.approx(4 * SIGMA)
+
+
+def test_not_better_enough_after_replication(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.997, h.hypothesis_id)
+    run(view, "b1", 1.302, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.REJECTED and j.reason.startswith("not better enough")
+
+
+def test_diverged_run_rejects(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.4"})
+    run(view, "a1", 0.0, h.hypothesis_id, status=RunStatus.NAN)
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.REJECTED and "diverged" in j.reason
+
+
+def test_crash_retries_are_bounded_then_failed(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    first = run(view, "a1", 0.0, h.hypothesis_id, status=RunStatus.CRASH)
+    d1 = decisions.after_crash(view, first, SETTINGS)
+    assert d1.retry and d1.state is None and d1.failures == 1
+    assert d1.request is not None and d1.request.excluded_volunteers == ("a1",)
+    assert d1.request.kind == UnitKind.CANDIDATE and d1.request.base_commit == "c0"
+    second = run(view, "a3", 0.0, h.hypothesis_id, status=RunStatus.OOM)
+    d2 = decisions.after_crash(view, second, SETTINGS)
+    assert d2.retry and set(d2.request.excluded_volunteers) == {"a1", "a3"}
+    third = run(view, "a4", 0.0, h.hypothesis_id, status=RunStatus.TIMEOUT)
+    d3 = decisions.after_crash(view, third, SETTINGS)
+    assert not d3.retry and d3.request is None and d3.state == HypothesisState.FAILED
+    assert "failed 3 times" in d3.reason and "timeout in step 3" in d3.reason
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.FAILED
+
+
+def test_baseline_crashes_are_retried_then_left_to_after_merge(view):
+    view.add_commit("c1", view.constants("c0"))
+    view.set_head("c1")
+    first = run(view, "a1", 0.0, commit="c1", status=RunStatus.CRASH)
+    retry = decisions.after_crash(view, first, SETTINGS)
+    assert retry.retry and retry.request.kind == UnitKind.BASELINE and retry.request.excluded_volunteers == ("a1",)
+    run(view, "a3", 0.0, commit="c1", status=RunStatus.CRASH)
+    third = run(view, "a4", 0.0, commit="c1", status=RunStatus.CRASH)
+    last = decisions.after_crash(view, third, SETTINGS)
+    assert not last.retry and last.state is None and "the head fails on gpu-a" in last.reason
+    assert all(r.hardware_class != "gpu-a" for r in decisions.plan_baselines(view, SETTINGS))
+
+
+def test_pinned_constant_is_not_scheduled_on_that_class(view):
+    h = view.add_hypothesis({"DEPTH": "10"})
+    assert decisions.allowed_classes(view, h) == ["gpu-a"]
+    reqs = decisions.plan_candidates(view, SETTINGS)
+    assert [r.hardware_class for r in reqs] == ["gpu-a"]
+    for vid in ("a1", "a2", "a3", "a4"):
+        view.set_offline(vid)
+    assert decisions.plan_candidates(view, SETTINGS) == []
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.QUEUED and "no active class" in j.reason
+
+
+def test_plan_candidates_fills_each_class_queue_up_to_its_volunteers(view):
+    for i in range(10):
+        view.add_hypothesis({"MATRIX_LR": f"0.0{i + 1}1"}, priority=float(i))
+    reqs = decisions.plan_candidates(view, SETTINGS)
+    per_class = {c: sum(r.hardware_class == c for r in reqs) for c in ("gpu-a", "gpu-b")}
+    assert per_class == {"gpu-a": 4, "gpu-b": 4}
+    assert reqs[0].priority == 9.0  # highest priority first
+    assert all(r.kind == UnitKind.CANDIDATE and r.base_commit == "c0" for r in reqs)
+
+
+def test_plan_baselines_on_a_new_head_by_different_volunteers(view):
+    view.add_commit("c1", view.constants("c0"))
+    view.set_head("c1")
+    reqs = decisions.plan_baselines(view, SETTINGS)
+    assert sorted(r.hardware_class for r in reqs) == ["gpu-a", "gpu-a", "gpu-b", "gpu-b"]
+    assert all(r.kind == UnitKind.BASELINE and r.base_commit == "c1" and not r.hypothesis_id for r in reqs)
+    run(view, "a1", 1.0, commit="c1")
+    again = [r for r in decisions.plan_baselines(view, SETTINGS) if r.hardware_class == "gpu-a"]
+    assert len(again) == 1 and again[0].excluded_volunteers == ("a1",)
+
+
+def test_extra_baselines_until_the_class_noise_is_measured():
+    v = InMemoryView("c0")
+    for i in range(3):
+        v.add_volunteer(f"a{i}", f"o{i}", "gpu-a")
+    reqs = decisions.plan_baselines(v, SETTINGS)
+    assert len(reqs) == SETTINGS.min_sigma_dof  # 0 runs yet: enough for min_sigma_dof dof
+
+
+def test_confirmed_on_an_old_base_is_reverified_on_the_head(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    run(view, "b1", 1.290, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    view.add_commit("c1", {**view.constants("c0"), "WINDOW_PATTERN": '"L"'})
+    view.set_head("c1")
+    j = decisions.judge(view, h, STRICT)
+    assert j.state == HypothesisState.REPLICATING and "re-verifying" in j.reason
+    (req,) = j.requests
+    assert req.base_commit == "c1" and req.priority == VERIFY_PRIORITY
+    assert set(req.excluded_owners) == {"o1", "o2"}
+    baselines(view, "c1", shift_a=-0.003)
+    run(view, "a4", 0.986, h.hypothesis_id, commit="c1", kind=UnitKind.REPLICATE)
+    done = decisions.judge(view, h, STRICT)
+    assert done.state == HypothesisState.CONFIRMED and done.merge_onto == "c1"
+
+
+def test_runs_one_merge_behind_count_as_on_the_head(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    run(view, "b1", 1.290, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    view.add_commit("c1", {**view.constants("c0"), "WINDOW_PATTERN": '"L"'})
+    view.add_merge(MergeRecord("c1", "c0", "other", "WINDOW_PATTERN"))
+    view.set_head("c1")
+    j = decisions.judge(view, h, SETTINGS.replace(verify_max_lag=1))
+    assert j.state == HypothesisState.CONFIRMED and j.merge_onto == "c1"
+
+
+def test_head_changing_the_same_constant_supersedes(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.06"})
+    view.add_commit("c1", {**view.constants("c0"), "MATRIX_LR": "0.05"})
+    view.set_head("c1")
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.SUPERSEDED and "MATRIX_LR" in j.reason
+    same = view.add_hypothesis({"MATRIX_LR": "0.05"}, base_commit="c0")
+    assert decisions.judge(view, same, SETTINGS).reason == "the head already has these values"
+
+
+def test_stale_queued_units_are_cancelled_and_asked_again_on_the_head(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    unit = view.add_unit(UnitKind.REPLICATE, "gpu-b", "c0", h.hypothesis_id, 1.0, ("a1",), ("o1",))
+    view.add_commit("c1", {**view.constants("c0"), "WINDOW_PATTERN": '"L"'})
+    view.set_head("c1")
+    assert [u.unit_id for u in decisions.stale_units(view, STRICT)] == [unit.unit_id]
+    baselines(view, "c1")
+    j = decisions.judge(view, h, STRICT)
+    assert j.cancel_unit_ids == (unit.unit_id,)
+    assert [r.base_commit for r in j.requests] == ["c1"]
+
+
+def _merge(view: InMemoryView) -> MergeRecord:
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    view.add_commit("c1", {**view.constants("c0"), "MATRIX_LR": "0.05"})
+    merge = MergeRecord("c1", "c0", h.hypothesis_id, h.title)
+    view.add_merge(merge)
+    view.set_head("c1")
+    return merge
+
+
+def test_revert_when_a_class_got_significantly_worse(view):
+    merge = _merge(view)
+    for v, x in (("a1", 0.999), ("a3", 1.001), ("b1", 1.310), ("b2", 1.312)):
+        run(view, v, x, commit="c1")
+    d = decisions.after_merge(view, merge, SETTINGS)
+    assert d.revert and d.flagged == ("gpu-b",) and d.final
+    shift = next(s for s in d.shifts if s.hardware_class == "gpu-b")
+    assert shift.delta_bpb == pytest.approx(0.011) and shift.z >= SETTINGS.revert_z
+    assert "gpu-b: baseline +0.011000 bpb worse" in d.reason
+    flag_only = decisions.after_merge(view, merge, SETTINGS.replace(revert_enabled=False))
+    assert not flag_only.revert and flag_only.flagged == ("gpu-b",)
+
+
+def test_no_revert_when_no_class_got_worse(view):
+    merge = _merge(view)
+    run(view, "a1", 0.999, commit="c1")
+    pending = decisions.after_merge(view, merge, SETTINGS)
+    assert not pending.revert and set(pending.pending) == {"gpu-a", "gpu-b"} and not pending.final
+    for v, x in (("a3", 0.998), ("b1", 1.301), ("b2", 1.299)):
+        run(view, v, x, commit="c1")
+    done = decisions.after_merge(view, merge, SETTINGS)
+    assert not done.revert and done.final and done.flagged == ()
+
+
+def test_revert_when_the_new_head_fails_on_a_class(view):
+    merge = _merge(view)
+    for v in ("b1", "b2", "b3"):
+        run(view, v, 0.0, commit="c1", status=RunStatus.CRASH)
+    d = decisions.after_merge(view, merge, SETTINGS)
+    assert d.revert and d.flagged == ("gpu-b",) and "fails its baseline runs" in d.reason
+
+
+def test_merged_runs_serve_as_the_new_heads_baseline(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    run(view, "a3", 0.991, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    view.add_commit("c1", {**view.constants("c0"), "MATRIX_LR": "0.05"})
+    view.add_merge(MergeRecord("c1", "c0", h.hypothesis_id, h.title))
+    view.set_head("c1")
+    assert [s.val_bpb for s in decisions.baseline_values(view, "gpu-a", "c1", SETTINGS)] == [0.990, 0.991]
+    assert decisions.baseline_values(view, "gpu-a", "c1", SETTINGS, fresh_only=True) == []
+    reqs = decisions.plan_baselines(view, SETTINGS)
+    assert sorted(r.hardware_class for r in reqs) == ["gpu-b", "gpu-b"]
+
+
+def test_plan_applies_in_order(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    p = decisions.plan(view, SETTINGS)
+    assert [j.hypothesis_id for j in p.judgements] == [h.hypothesis_id]
+    assert p.baseline_requests == ()
+    assert [r.hypothesis_id for r in p.candidate_requests] == [h.hypothesis_id]
+
+
+def test_to_rejudge_after_a_baseline(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    other = view.add_hypothesis({"MATRIX_LR": "0.03"})
+    run(view, "a1", 0.99, h.hypothesis_id)
+    base = run(view, "a3", 1.0)
+    assert [x.hypothesis_id for x in decisions.to_rejudge(view, base)] == [h.hypothesis_id]
+    mine = view.counting_results(hypothesis_id=h.hypothesis_id)[0]
+    assert [x.hypothesis_id for x in decisions.to_rejudge(view, mine)] == [h.hypothesis_id]
+    assert other.state == HypothesisState.QUEUED
+
+
+def test_revoked_results_stop_counting(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.990, h.hypothesis_id)
+    run(view, "b4", 1.290, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    assert decisions.judge(view, h, SETTINGS).confirmed
+    view.revoke("o5")
+    j = decisions.judge(view, h, SETTINGS)
+    assert not j.confirmed and j.evidence.owners == {"o1"}
+
+
+def test_terminal_hypotheses_are_left_alone(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    view.set_state(h.hypothesis_id, HypothesisState.MERGED, "merged as c9")
+    j = decisions.judge(view, view.hypothesis(h.hypothesis_id), SETTINGS)
+    assert j.state == HypothesisState.MERGED and j.requests == () and j.reason == "merged as c9"
+    assert view.unit(view.add_unit(UnitKind.BASELINE, "gpu-a", "c0").unit_id).state == UnitState.QUEUED
