@@ -379,3 +379,8 @@ def test_terminal_hypotheses_are_left_alone(view):
     j = decisions.judge(view, view.hypothesis(h.hypothesis_id), SETTINGS)
     assert j.state == HypothesisState.MERGED and j.requests == () and j.reason == "merged as c9"
     assert view.unit(view.add_unit(UnitKind.BASELINE, "gpu-a", "c0").unit_id).state == UnitState.QUEUED
+
+
+def test_reasons_fit_the_store():
+    j = decisions.Judgement("h", HypothesisState.FAILED, "x" * 5000)
+    assert len(j.reason.encode()) <= 1_900 and j.reason.endswith("...")

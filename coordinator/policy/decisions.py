@@ -60,6 +60,7 @@ WEAK_REASON = "weakly better"  # rejected after one run that was better, but not
 
 # Priorities within a unit kind (the store leases baselines, then replicates, then candidates).
 VERIFY_PRIORITY = 100.0  # a confirmed win's run on the head: the merge waits on it
+MAX_REASON_TEXT = 1_900  # under the store's MAX_REASON_BYTES (2,000)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,14 @@ class UnitRequest:
     reason: str = ""
 
 
+def _clip(reason: str) -> str:
+    """Reasons are stored; the store refuses more than MAX_REASON_BYTES."""
+    data = reason.encode("utf-8")
+    if len(data) <= MAX_REASON_TEXT:
+        return reason
+    return data[: MAX_REASON_TEXT - 3].decode("utf-8", errors="ignore") + "..."
+
+
 @dataclass(frozen=True)
 class Judgement:
     """Where a hypothesis stands now and what it needs next."""
@@ -87,6 +96,9 @@ class Judgement:
     cancel_unit_ids: tuple[str, ...] = ()  # queued units no longer wanted (stale base, terminal)
     evidence: Evidence = field(default_factory=Evidence)
     merge_onto: str = ""  # with CONFIRMED: the head the evidence was verified on
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", _clip(self.reason))
 
     @property
     def confirmed(self) -> bool:
@@ -826,7 +838,7 @@ class _Context:
             reason = f"still measuring: {', '.join(pending)}"
         else:
             reason = "no class got significantly worse"
-        return RevertDecision(merge.commit, revert, tuple(flagged), tuple(pending), tuple(shifts), reason)
+        return RevertDecision(merge.commit, revert, tuple(flagged), tuple(pending), tuple(shifts), _clip(reason))
 
     def _measured_ancestor(self, hardware_class: str, commit: str) -> tuple[str, list[float]]:
         """The nearest commit up the merge chain with a usable baseline on the class."""

@@ -35,7 +35,7 @@ class AcceptanceSettings:
     futility_z: float = 1.0  # from the second run on: pooled z projected to max_samples runs below this: rejected
     verify_z: float = 0.0  # runs on the head (after the base moved) must not point the other way
     verify_max_lag: int = 2  # runs this many merges behind the head still count as on the head
-    loo_min_z: float = 0.5  # evidence without any single owner must still reach this z
+    loo_min_z: float = 1.0  # evidence without any single owner must still reach this z
     clip_sigma: float = 4.0  # one run moves the evidence by at most this many sigmas
     min_volunteers: int = 2  # distinct volunteers behind a confirmation
     min_owners: int = 2  # distinct owners behind a confirmation
