@@ -266,8 +266,11 @@ def to_rejudge(view: PolicyView, result: ResultRecord) -> list[Hypothesis]:
     open_hypotheses = view.hypotheses(OPEN_STATES)
     if result.kind != UnitKind.BASELINE:
         return [h for h in open_hypotheses if h.hypothesis_id == result.hypothesis_id]
-    touched = {r.hypothesis_id for r in view.counting_results(hardware_class=result.hardware_class) if r.hypothesis_id}
-    return [h for h in open_hypotheses if h.hypothesis_id in touched]
+    return [
+        h
+        for h in open_hypotheses
+        if any(r.hardware_class == result.hardware_class for r in view.counting_results(hypothesis_id=h.hypothesis_id))
+    ]
 
 
 def after_merge(
