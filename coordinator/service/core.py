@@ -337,8 +337,9 @@ class CoordinatorCore:
                 )
                 self.store.put_class_stats(stats)
                 self._check_head_merge()
-            elif record.hypothesis_id:
-                self.judge(record.hypothesis_id)
+            # Its own hypothesis, or after a baseline every open one measured on that class.
+            for hypothesis in decisions.to_rejudge(self.view, record):
+                self.judge(hypothesis.hypothesis_id)
 
     def _set_state(self, hypothesis_id: str, state: HypothesisState, reason: str) -> Hypothesis:
         hypothesis = self.store.get_hypothesis(hypothesis_id)
@@ -374,6 +375,10 @@ class CoordinatorCore:
             log.debug("unit %s to cancel is unknown", unit_id)
 
     def _enqueue_for(self, hypothesis: Hypothesis, request: UnitRequest) -> None:
+        if request.base_commit not in (hypothesis.base_commit, self.branch.head()):
+            # The head moved since the policy looked; the next pass asks again on the new head.
+            log.debug("skipping a unit of %s on the old head %s", hypothesis.hypothesis_id, request.base_commit[:10])
+            return
         try:
             self._enqueue(request)
         except branch_mod.MergeConflictError as exc:
