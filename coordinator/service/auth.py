@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -49,7 +50,34 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
 }
 ADMIN_SERVICE_PREFIX = "/autoswarm.v1.Admin/"
 
-current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+# The volunteer loop's methods: their handlers make exactly one trip to the worker pool and read
+# nothing before it, so a token the cache does not hold is resolved inside that same trip (one
+# thread hop per call instead of two; with many volunteers almost every token is a cache miss).
+RESOLVED_IN_HANDLER = frozenset(
+    {
+        "/autoswarm.v1.Coordinator/LeaseWork",
+        "/autoswarm.v1.Coordinator/ExtendLease",
+        "/autoswarm.v1.Coordinator/ReportResult",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PendingPrincipal:
+    """A caller still to be authorized; `resolve()` may read the store (call it off the loop)."""
+
+    cache: PrincipalCache
+    method: str
+    token: str | None
+
+    def resolve(self) -> Principal:
+        principal = authorize(self.cache, self.method, self.token)
+        if principal is None:
+            raise PermissionDeniedError(f"method {self.method} needs an authenticated caller")
+        return principal
+
+
+current_principal: contextvars.ContextVar[Principal | PendingPrincipal | None] = contextvars.ContextVar(
     "current_principal", default=None
 )
 
@@ -177,9 +205,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 # Public methods and cached tokens are answered on the loop; only a token the
                 # cache does not hold costs a trip to the worker pool (the store may block).
-                principal = authorize_from_memory(cache, method, token)
+                principal: Any = authorize_from_memory(cache, method, token)
                 if principal is NEEDS_STORE:
-                    principal = await run_blocking(authorize, cache, method, token)
+                    if method in RESOLVED_IN_HANDLER:
+                        principal = PendingPrincipal(cache, method, token)
+                    else:
+                        principal = await run_blocking(authorize, cache, method, token)
             except Exception as exc:  # typed errors become their status; nothing else ran
                 code, details = status_for(exc)
                 await context.abort(code, details)

@@ -19,7 +19,13 @@ import grpc
 from autoswarm.v1 import swarm_pb2 as pb
 from autoswarm.v1 import swarm_pb2_grpc as pb_grpc
 from coordinator.service import convert, queries
-from coordinator.service.auth import PrincipalCache, current_principal, hash_token, new_token
+from coordinator.service.auth import (
+    PendingPrincipal,
+    PrincipalCache,
+    current_principal,
+    hash_token,
+    new_token,
+)
 from coordinator.service.core import CoordinatorCore
 from coordinator.service.errors import status_for
 from coordinator.service.metrics import METRICS
@@ -49,10 +55,15 @@ class Blocking:
 async def _call(
     context: grpc.aio.ServicerContext, run: Blocking, method: str, fn: Callable[..., T], *args: Any
 ) -> T:
-    """Run fn in the pool; typed errors become their status code (and change no state)."""
+    """Run fn in the pool; typed errors become their status code (and change no state). A
+    PendingPrincipal argument is authorized first, in the same worker call."""
     started = time.perf_counter()
+
+    def work() -> T:
+        return fn(*(a.resolve() if isinstance(a, PendingPrincipal) else a for a in args))
+
     try:
-        return await run(fn, *args)
+        return await run(work)
     except Exception as exc:
         code, details = status_for(exc)
         if code == grpc.StatusCode.INTERNAL:
@@ -66,7 +77,15 @@ async def _call(
 
 def _principal() -> Principal:
     principal = current_principal.get()
-    if principal is None:  # the interceptor guarantees one for authenticated methods
+    if not isinstance(principal, Principal):  # the interceptor guarantees one for authenticated methods
+        raise InvalidValueError("no principal")
+    return principal
+
+
+def _caller() -> Principal | PendingPrincipal:
+    """The caller of a RESOLVED_IN_HANDLER method: pass it to `_call`, which authorizes it."""
+    principal = current_principal.get()
+    if principal is None:
         raise InvalidValueError("no principal")
     return principal
 
@@ -148,7 +167,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return await _call(context, self.run, "GetSwarmConfig", config)
 
     async def LeaseWork(self, request: pb.LeaseWorkRequest, context: Any) -> Any:
-        principal = _principal()
+        principal = _caller()
         grant = await _call(
             context, self.run, "LeaseWork", self.core.lease_work, principal, request.hardware_class, request.slot
         )
@@ -161,7 +180,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     async def ExtendLease(self, request: pb.ExtendLeaseRequest, context: Any) -> Any:
-        principal = _principal()
+        principal = _caller()
         progress = request.progress
         lease = await _call(
             context, self.run, "ExtendLease", self.core.heartbeat, principal, request.lease_id,
@@ -171,13 +190,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.ExtendLeaseResponse(lease_deadline_unix_s=lease.deadline_s, cancel=False)
 
     async def ReportResult(self, request: pb.ReportResultRequest, context: Any) -> Any:
-        principal = _principal()
-
-        def report() -> Any:
+        def report(principal: Principal) -> Any:
             metrics = convert.metrics_from_pb(request.result)
             return self.core.report(principal, request.lease_id, metrics)
 
-        outcome = await _call(context, self.decide, "ReportResult", report)
+        outcome = await _call(context, self.decide, "ReportResult", report, _caller())
         METRICS.reports.labels(outcome.record.metrics.status.value, str(outcome.duplicate).lower()).inc()
         response = pb.ReportResultResponse(
             result_id=outcome.record.result_id,
