@@ -87,6 +87,15 @@ def _start_coordinator(args: argparse.Namespace, root: Path) -> tuple[subprocess
     raise SystemExit(f"the coordinator did not start in {START_TIMEOUT_S:.0f} s; see {root / 'coordinator.log'}")
 
 
+def _core_for(index: int) -> set[int] | None:
+    """One core per volunteer where the OS allows: trainers that fight over cores finish different
+    numbers of steps in the same budget, which shows up as run-to-run noise in val_bpb."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return {cores[index % len(cores)]}
+
+
 def _start_volunteers(args: argparse.Namespace, root: Path, address: str, cache_dir: Path) -> list[subprocess.Popen]:
     procs = []
     for index in range(args.volunteers):
@@ -97,7 +106,10 @@ def _start_volunteers(args: argparse.Namespace, root: Path, address: str, cache_
             "--owner", f"demo-owner-{index}", "--name", f"demo-{index}", "--quiet",
         ]
         log = open(root / f"volunteer-{index}.log", "w")  # noqa: SIM115 - handed to the child
-        procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT))
+        core = _core_for(index)
+        pin = (lambda core=core: os.sched_setaffinity(0, core)) if core else None
+        procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                      preexec_fn=pin))
     return procs
 
 
