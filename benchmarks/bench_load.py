@@ -1,24 +1,26 @@
 """Load benchmark: the coordinator over real gRPC, driven by simulated volunteers in separate processes.
 
-    .venv/bin/python benchmarks/bench_load.py [--stores sqlite,redis] [--target-rps 1170] [--json-out FILE]
+    .venv/bin/python benchmarks/bench_load.py [--stores sqlite,redis] [--target-rps 1167,400] [--json-out FILE]
+    .venv/bin/python benchmarks/bench_load.py --core-costs 500     # the core's calls in process, no gRPC
 
 One run measures, with the same harness (N load processes, each one asyncio loop and one grpc.aio
 channel, on the same cores as the servers):
   1. a no-op grpc.aio server (the standard health Check only) at its maximum rate (closed loop);
+     `--noop both` adds the same server on the sync grpc.server;
   2. for each store (SQLite file, then a private redis-server with appendonly yes, appendfsync
-     always): a real coordinator process with registered volunteers doing the realistic mix
-     (per volunteer: a lease and a report every 300 s, a heartbeat every 60 s, so per run of a
-     unit 1 lease, 5 heartbeats, 1 report), first at its maximum rate (closed loop), then open loop
-     at the target rate (default 1,170 RPC/s: the traffic of 50,000 volunteers).
+     always): a real coordinator process with registered volunteers: its own health Check at the
+     maximum rate, then the realistic mix (per volunteer a lease and a report every 300 s, a
+     heartbeat every 60 s: per unit 1 lease, 5 ExtendLease, 1 report) at its maximum rate (closed
+     loop), then open loop at each target rate (default 1,167 RPC/s: 50,000 volunteers).
 Latency in open loop is measured from each call's scheduled start, so a server (or a client) that
 falls behind shows up in p99 instead of silently lowering the offered rate.
 
 The queue is seeded through the store API (a proposer's SubmitHypothesis costs ~0.2 s of git work
-per hypothesis; a few are still submitted over gRPC to time that path): every seeded hypothesis has
-one queued candidate unit with the real train.py and profiles, so leases find work.
+per hypothesis; three are still submitted over gRPC to time that path): every seeded hypothesis has
+one queued candidate unit with real code, so leases find work.
 
-Not a test: one run takes 2-3 minutes and its figures depend on the machine and its other load,
-which the report prints (load average, CPU used by processes outside the benchmark).
+Not a test: one run takes about 3.5 minutes and its figures depend on the machine and its other
+load, which the report prints (load average, CPU used by processes outside the benchmark).
 """
 
 from __future__ import annotations
@@ -553,7 +555,7 @@ class CpuMeter:
         return out
 
 
-def summarize(label: str, spec: PhaseSpec, parts: list[PhaseSamples], cpu: dict[str, float]) -> dict[str, Any]:
+def summarize(label: str, spec: PhaseSpec, parts: list[PhaseSamples], cpu: dict[str, Any]) -> dict[str, Any]:
     by_method: dict[str, list[float]] = {}
     errors: Counter[str] = Counter()
     for part in parts:
@@ -589,7 +591,7 @@ def summarize(label: str, spec: PhaseSpec, parts: list[PhaseSamples], cpu: dict[
     return result
 
 
-def measure(label: str, gen: LoadGenerator, spec: PhaseSpec, meter: CpuMeter, worker_pids: list[int]) -> dict[str, Any]:
+def measure(label: str, gen: LoadGenerator, spec: PhaseSpec, meter: CpuMeter) -> dict[str, Any]:
     before = meter.snapshot()
     parts = gen.phase(spec)
     after = meter.snapshot()
@@ -828,7 +830,7 @@ def run_noop(args: argparse.Namespace, scratch: Path, kind: str) -> dict[str, An
     try:
         meter = CpuMeter({"server": server.pid})
         spec = PhaseSpec("max", "health", time.time() + 1.0, WARMUP_S, args.max_s, args.concurrency)
-        return measure(f"noop-{kind}", gen, spec, meter, [])
+        return measure(f"noop-{kind}", gen, spec, meter)
     finally:
         gen.close()
         server.stop()
@@ -887,13 +889,13 @@ def run_coordinator(args: argparse.Namespace, scratch: Path, store: str, baselin
             pids["redis"] = redis_server.pid
         meter = CpuMeter(pids)
         spec = PhaseSpec("max", "health", time.time() + 1.0, WARMUP_S, HEALTH_S, args.concurrency)
-        results.append(measure(f"{store}-health", gen, spec, meter, []) | {"setup": setup})
+        results.append(measure(f"{store}-health", gen, spec, meter) | {"setup": setup})
         spec = PhaseSpec("max", "mix", time.time() + 1.0, WARMUP_S, args.max_s, args.concurrency)
-        results.append(measure(store, gen, spec, meter, []) | {"setup": setup})
+        results.append(measure(store, gen, spec, meter) | {"setup": setup})
         print(format_methods(results[-1]), flush=True)
         for rate in args.target_rps:
             spec = PhaseSpec("rate", "mix", time.time() + 1.0, WARMUP_S, args.rate_s, rate=rate)
-            results.append(measure(store, gen, spec, meter, []) | {"setup": setup})
+            results.append(measure(store, gen, spec, meter) | {"setup": setup})
             print(format_methods(results[-1]), flush=True)
         return results
     finally:
