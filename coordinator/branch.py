@@ -690,6 +690,15 @@ class GlobalBranch:
         return _run_git(args, git_dir=self.repo_dir, stdin=stdin, env=env, timeout_s=timeout_s)
 
     def _read_ref(self) -> str | None:
+        # The loose ref file is what update-ref writes (atomically, by rename): reading it costs a
+        # file read instead of a git process on every head() (hot: every lease and report asks).
+        # Packed or symbolic refs fall back to git.
+        try:
+            text = (self.repo_dir / self.ref).read_text().strip()
+        except OSError:
+            text = ""
+        if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
+            return text
         proc = self._git(["rev-parse", "--verify", "--quiet", f"{self.ref}^{{commit}}"])
         return proc.stdout.decode().strip() if proc.returncode == 0 else None
 

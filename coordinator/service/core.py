@@ -115,6 +115,7 @@ class CoordinatorCore:
         )
         self.view = StoreView(store, branch, self.settings.online_window_s)
         self.proposer = Proposer(seed=0)
+        self._last_sweep_key: object = None  # what every open judgement depends on, at the last sweep
         # Called with the new head after every merge or revert (the server's branch mirror).
         self.on_branch_moved: Callable[[str], None] | None = None
 
@@ -483,7 +484,20 @@ class CoordinatorCore:
         """One policy pass: cancel stale units, judge open hypotheses, top up baselines and
         candidates, and let the built-in proposer keep the queue about as deep as the volunteers."""
         with self._lock:
-            plan = decisions.plan(self.view, self.settings)
+            # Judging every open hypothesis is needed only when something they all depend on moved
+            # (the head, a class's baseline or noise); new results are judged as they arrive.
+            sweep_key = (self.branch.head(), tuple(sorted(
+                (c.hardware_class, c.commit, c.samples, round(c.sigma, 12)) for c in self.store.list_class_stats()
+            )))
+            with self.view.pass_snapshot():
+                if sweep_key != self._last_sweep_key:
+                    plan = decisions.plan(self.view, self.settings)
+                    self._last_sweep_key = sweep_key
+                else:
+                    plan = decisions.Plan(
+                        (), (), tuple(decisions.plan_baselines(self.view, self.settings)),
+                        tuple(decisions.plan_candidates(self.view, self.settings)),
+                    )
             for unit_id in plan.cancel_unit_ids:
                 self._cancel_unit(unit_id)
             for judgement in plan.judgements:
@@ -535,6 +549,9 @@ class CoordinatorCore:
         if not hypothesis_id:
             return self.branch.files_at(base_commit)
         hypothesis = self.store.get_hypothesis(hypothesis_id)
+        for unit in self.store.list_units(hypothesis_id=hypothesis_id):
+            if unit.base_commit == base_commit:  # the same change on the same commit: the same code
+                return {"train.py": unit.train_py, "profiles.json": unit.profiles_json}
         if base_commit == hypothesis.base_commit:
             return dict(self.branch.check_patch(hypothesis.base_commit, hypothesis.patch).tree_files)
         if base_commit != self.branch.head():
@@ -672,6 +689,8 @@ class CoordinatorCore:
         return discounted
 
     def _rejudge_open(self) -> None:
+        self.view.forget_results()
+        self._last_sweep_key = None
         with self._lock:
             for judgement in decisions.sweep(self.view, self.settings):
                 self._apply(judgement)

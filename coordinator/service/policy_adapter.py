@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 
 from coordinator.branch import BranchError, GlobalBranch
@@ -34,6 +37,42 @@ class StoreView:
         self.online_window_s = online_window_s
         self._principals_at = 0.0
         self._principals: list = []
+        self._pending: list[WorkUnit] | None = None  # set during one policy pass (a snapshot)
+        self._class_results: dict[str, list[ResultRecord]] = {}  # counting results per class, in order
+        self._class_results_lock = threading.Lock()
+
+    @contextmanager
+    def pass_snapshot(self) -> Iterator[None]:
+        """During one policy pass, pending units are read once and filtered in memory."""
+        self._pending = self._read_pending()
+        try:
+            yield
+        finally:
+            self._pending = None
+
+    def _read_pending(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
+        units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
+        units += self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.LEASED)
+        return sorted(units, key=lambda u: (u.created_s, u.unit_id))
+
+    def forget_results(self) -> None:
+        """Results stopped counting (a revocation): read the class caches again."""
+        with self._class_results_lock:
+            self._class_results.clear()
+
+    def _results_of_class(self, hardware_class: str) -> list[ResultRecord]:
+        """Every counting result of a class. Results are append-only (only a revocation changes
+        `counts`, and it calls forget_results), so only rows newer than the last seen are read."""
+        with self._class_results_lock:
+            cached = self._class_results.setdefault(hardware_class, [])
+            result_filter = ResultFilter(hardware_class=hardware_class, counting_only=True)
+            after = cached[-1].result_id if cached else ""
+            while True:
+                page = self.store.list_results(result_filter, limit=1000, after=after)
+                cached.extend(_slim(r) for r in page)
+                if len(page) < 1000:
+                    return list(cached)
+                after = page[-1].result_id
 
     def _volunteers(self) -> list:
         now = time.monotonic()
@@ -69,6 +108,11 @@ class StoreView:
         base_commit: str = "",
         kind: UnitKind | None = None,
     ) -> list[ResultRecord]:
+        if hardware_class and not hypothesis_id:
+            return [
+                r for r in self._results_of_class(hardware_class)
+                if (not base_commit or r.base_commit == base_commit) and (kind is None or r.kind == kind)
+            ]
         result_filter = ResultFilter(
             hardware_class=hardware_class, hypothesis_id=hypothesis_id, base_commit=base_commit,
             kind=kind, counting_only=True,
@@ -83,9 +127,13 @@ class StoreView:
             after = page[-1].result_id
 
     def pending_units(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
-        units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
-        units += self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.LEASED)
-        return sorted(units, key=lambda u: (u.created_s, u.unit_id))
+        if self._pending is not None:
+            return [
+                u for u in self._pending
+                if (not hypothesis_id or u.hypothesis_id == hypothesis_id)
+                and (not hardware_class or u.hardware_class == hardware_class)
+            ]
+        return self._read_pending(hypothesis_id, hardware_class)
 
     def hypotheses(self, states: Iterable[HypothesisState] = ()) -> list[Hypothesis]:
         return self.store.list_hypotheses(states=list(states), limit=100_000)
@@ -104,6 +152,13 @@ class StoreView:
             return _constants(self.branch.read_file(commit, "train.py"))
         except BranchError:
             return {}
+
+
+def _slim(record: ResultRecord) -> ResultRecord:
+    """The record without its log tail and environment: the policy reads neither, and a months-long
+    swarm keeps every result of a class in this cache."""
+    metrics = dataclasses.replace(record.metrics, log_tail="", environment={})
+    return dataclasses.replace(record, metrics=metrics)
 
 
 @lru_cache(maxsize=64)
