@@ -116,6 +116,7 @@ class CoordinatorCore:
         self.view = StoreView(store, branch, self.settings.online_window_s)
         self.proposer = Proposer(seed=0)
         self._last_sweep_key: object = None  # what every open judgement depends on, at the last sweep
+        self._plan_lock = threading.Lock()  # one policy pass at a time
         # Called with the new head after every merge or revert (the server's branch mirror).
         self.on_branch_moved: Callable[[str], None] | None = None
 
@@ -338,7 +339,11 @@ class CoordinatorCore:
                 )
                 self.store.put_class_stats(stats)
                 self._check_head_merge()
-            # Its own hypothesis, or after a baseline every open one measured on that class.
+            if record.kind != UnitKind.BASELINE:
+                if record.hypothesis_id:
+                    self.judge(record.hypothesis_id)
+                return
+            # After a baseline, every open hypothesis measured on that class (its baseline moved).
             for hypothesis in decisions.to_rejudge(self.view, record):
                 self.judge(hypothesis.hypothesis_id)
 
@@ -482,35 +487,54 @@ class CoordinatorCore:
 
     def plan(self) -> int:
         """One policy pass: cancel stale units, judge open hypotheses, top up baselines and
-        candidates, and let the built-in proposer keep the queue about as deep as the volunteers."""
-        with self._lock:
-            # Judging every open hypothesis is needed only when something they all depend on moved
-            # (the head, a class's baseline or noise); new results are judged as they arrive.
+        candidates, and let the built-in proposer keep the queue about as deep as the volunteers.
+
+        Judging every open hypothesis is needed only when something they all depend on moved (the
+        head, a class's baseline or noise); that sweep holds the decision lock. The common light
+        pass (top-ups) is computed without it, so reports keep flowing, and applied under it after
+        re-checking that each request is still wanted."""
+        with self._plan_lock:
             sweep_key = (self.branch.head(), tuple(sorted(
                 (c.hardware_class, c.commit, c.samples, round(c.sigma, 12)) for c in self.store.list_class_stats()
             )))
-            with self.view.pass_snapshot():
-                if sweep_key != self._last_sweep_key:
-                    plan = decisions.plan(self.view, self.settings)
+            if sweep_key != self._last_sweep_key:
+                with self._lock:
+                    with self.view.pass_snapshot():
+                        plan = decisions.plan(self.view, self.settings)
+                    applied = self._apply_plan(plan, recheck=False)
                     self._last_sweep_key = sweep_key
-                else:
+            else:
+                with self.view.pass_snapshot():
                     plan = decisions.Plan(
                         (), (), tuple(decisions.plan_baselines(self.view, self.settings)),
                         tuple(decisions.plan_candidates(self.view, self.settings)),
                     )
-            for unit_id in plan.cancel_unit_ids:
-                self._cancel_unit(unit_id)
-            for judgement in plan.judgements:
-                self._apply(judgement)
-            requests = [*plan.baseline_requests, *plan.candidate_requests]
-            for request in requests:
-                if request.hypothesis_id:
-                    self._enqueue_for(self.store.get_hypothesis(request.hypothesis_id), request)
-                else:
-                    self._enqueue(request)
+                with self._lock:
+                    applied = self._apply_plan(plan, recheck=True) if self.branch.head() == sweep_key[0] else 0
             if self.config.proposer_enabled:
                 self._propose()
-            return len(requests)
+            return applied
+
+    def _apply_plan(self, plan: decisions.Plan, recheck: bool) -> int:
+        for unit_id in plan.cancel_unit_ids:
+            self._cancel_unit(unit_id)
+        for judgement in plan.judgements:
+            self._apply(judgement)
+        applied = 0
+        for request in [*plan.baseline_requests, *plan.candidate_requests]:
+            if not request.hypothesis_id:
+                self._enqueue(request)
+                applied += 1
+                continue
+            hypothesis = self.store.get_hypothesis(request.hypothesis_id)
+            if recheck and (
+                hypothesis.state != HypothesisState.QUEUED
+                or self.view.pending_units(hypothesis_id=hypothesis.hypothesis_id)
+            ):
+                continue  # judged or scheduled meanwhile
+            self._enqueue_for(hypothesis, request)
+            applied += 1
+        return applied
 
     def _propose(self) -> None:
         for proposal in proposals_for(self.view, self.proposer, self.settings):

@@ -37,18 +37,18 @@ class StoreView:
         self.online_window_s = online_window_s
         self._principals_at = 0.0
         self._principals: list = []
-        self._pending: list[WorkUnit] | None = None  # set during one policy pass (a snapshot)
+        self._snapshot = threading.local()  # pending units during one policy pass, per thread
         self._class_results: dict[str, list[ResultRecord]] = {}  # counting results per class, in order
         self._class_results_lock = threading.Lock()
 
     @contextmanager
     def pass_snapshot(self) -> Iterator[None]:
         """During one policy pass, pending units are read once and filtered in memory."""
-        self._pending = self._read_pending()
+        self._snapshot.pending = self._read_pending()
         try:
             yield
         finally:
-            self._pending = None
+            self._snapshot.pending = None
 
     def _read_pending(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
         units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
@@ -127,9 +127,10 @@ class StoreView:
             after = page[-1].result_id
 
     def pending_units(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
-        if self._pending is not None:
+        pending = getattr(self._snapshot, "pending", None)
+        if pending is not None:
             return [
-                u for u in self._pending
+                u for u in pending
                 if (not hypothesis_id or u.hypothesis_id == hypothesis_id)
                 and (not hardware_class or u.hardware_class == hardware_class)
             ]
