@@ -79,23 +79,16 @@ def round_significant(value: float, digits: int = 3) -> float:
 
 
 def render_literal(value: Value) -> str:
-    """The literal text for a value; powers of two from 1024 up are written `2**N` as upstream does."""
-    if isinstance(value, bool):
-        return repr(value)
-    if isinstance(value, int):
-        if value >= 1024 and value & (value - 1) == 0:
-            return f"2**{value.bit_length() - 1}"
-        return repr(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise LiteralError(f"not a finite number: {value!r}")
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, tuple):
-        inner = ", ".join(render_literal(v) for v in value)
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    raise LiteralError(f"cannot write {value!r} as a constant literal")
+    """The literal text for a value, as train.py writes it (the trainer's own AST rewriter decides:
+    powers of two from 1024 up are `2**N` as upstream does)."""
+    from trainer.constants import ConstantsError, format_value
+
+    if isinstance(value, list):  # literals here are tuples; a list is not a constant value
+        raise LiteralError(f"cannot write {value!r} as a constant literal")
+    try:
+        return format_value(value)
+    except ConstantsError as exc:
+        raise LiteralError(str(exc)) from None
 
 
 def same_value(a: object, b: object) -> bool:
