@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from coordinator.branch import BranchError, GlobalBranch
 from coordinator.policy.view import VolunteerInfo
-from coordinator.store.base import Store
+from coordinator.store.base import Store, read_all_results
 from coordinator.store.types import (
     Hypothesis,
     HypothesisState,
@@ -67,12 +67,8 @@ class StoreView:
             cached = self._class_results.setdefault(hardware_class, [])
             result_filter = ResultFilter(hardware_class=hardware_class, counting_only=True)
             after = cached[-1].result_id if cached else ""
-            while True:
-                page = self.store.list_results(result_filter, limit=1000, after=after)
-                cached.extend(_slim(r) for r in page)
-                if len(page) < 1000:
-                    return list(cached)
-                after = page[-1].result_id
+            cached.extend(_slim(r) for r in read_all_results(self.store, result_filter, after))
+            return list(cached)
 
     def _volunteers(self) -> list:
         now = time.monotonic()
@@ -117,14 +113,7 @@ class StoreView:
             hardware_class=hardware_class, hypothesis_id=hypothesis_id, base_commit=base_commit,
             kind=kind, counting_only=True,
         )
-        results: list[ResultRecord] = []
-        after = ""
-        while True:
-            page = self.store.list_results(result_filter, limit=1000, after=after)
-            results.extend(page)
-            if len(page) < 1000:
-                return results
-            after = page[-1].result_id
+        return read_all_results(self.store, result_filter)
 
     def pending_units(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
         pending = getattr(self._snapshot, "pending", None)

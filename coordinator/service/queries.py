@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoswarm.v1 import swarm_pb2 as pb
 from coordinator.service import convert
+from coordinator.store.base import read_all_results
 from coordinator.store.types import HypothesisState, ResultFilter, RunStatus, UnitState
 
 if TYPE_CHECKING:
@@ -80,13 +81,7 @@ def _titles(core: CoordinatorCore, hypothesis_ids: set[str]) -> dict[str, str]:
 
 
 def _all_results(core: CoordinatorCore) -> list[Any]:
-    results, after = [], ""
-    while True:
-        page = core.store.list_results(None, limit=1000, after=after)
-        results.extend(page)
-        if len(page) < 1000:
-            return results
-        after = page[-1].result_id
+    return read_all_results(core.store)
 
 
 def leaderboard(core: CoordinatorCore, request: pb.GetLeaderboardRequest) -> pb.GetLeaderboardResponse:

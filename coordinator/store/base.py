@@ -831,6 +831,20 @@ def refuse_unless_empty(what: str, non_empty: Sequence[str]) -> None:
         raise ConflictError(f"{what} is not empty (it holds {', '.join(non_empty)}); import into an empty store")
 
 
+RESULT_PAGE_SIZE = 1000
+
+
+def read_all_results(store: Store, result_filter: ResultFilter | None = None, after: str = "") -> list[ResultRecord]:
+    """Every result matching the filter after `after`, in report order, read page by page."""
+    results: list[ResultRecord] = []
+    while True:
+        page = store.list_results(result_filter, limit=RESULT_PAGE_SIZE, after=after)
+        results.extend(page)
+        if len(page) < RESULT_PAGE_SIZE:
+            return results
+        after = page[-1].result_id
+
+
 def open_store(url: str) -> Store:
     """`sqlite:///path/to/state.sqlite` (or a bare path) or `redis://host:port/db[?prefix=name]`."""
     if url.startswith("redis://") or url.startswith("rediss://") or url.startswith("unix://"):
@@ -846,6 +860,7 @@ def open_store(url: str) -> Store:
 __all__: Sequence[str] = [
     "Store",
     "open_store",
+    "read_all_results",
     "validate_texts",
     "validate_numbers",
     "check_text",
