@@ -36,8 +36,15 @@ VOLUNTEERS = {
 }
 
 
-def run(view: InMemoryView, volunteer: str, value: float, hypothesis_id: str = "", commit: str = "",
-        kind: UnitKind | None = None, status: RunStatus = RunStatus.OK):
+def run(
+    view: InMemoryView,
+    volunteer: str,
+    value: float,
+    hypothesis_id: str = "",
+    commit: str = "",
+    kind: UnitKind | None = None,
+    status: RunStatus = RunStatus.OK,
+):
     cls = VOLUNTEERS[volunteer][1]
     kind = kind or (UnitKind.CANDIDATE if hypothesis_id else UnitKind.BASELINE)
     unit = view.add_unit(kind, cls, commit or view.head_commit(), hypothesis_id)
@@ -68,7 +75,9 @@ def test_sigma_and_score_from_baselines(view):
     assert score.has_baseline and score.baseline_samples == 8
     assert score.delta_bpb == pytest.approx(0.01) and score.delta_sigma == pytest.approx(0.01 / SIGMA)
     stats = decisions.class_stats(view, "gpu-b", "c0", SETTINGS)
-    assert stats.mean_val_bpb == pytest.approx(1.3) and normalize(1.29, stats).delta_percent == pytest.approx(100 * 0.01 / 1.3)
+    assert stats.mean_val_bpb == pytest.approx(1.3) and normalize(1.29, stats).delta_percent == pytest.approx(
+        100 * 0.01 / 1.3
+    )
 
 
 def test_prior_until_enough_baselines():
@@ -105,8 +114,15 @@ def test_promising_replicate_goes_to_another_volunteer_and_owner(view):
     assert req.base_commit == "c0"
     assert req.hardware_class == "gpu-b"  # the class it has not run on yet
     # Judging again with the replicate queued asks for nothing more.
-    view.add_unit(req.kind, req.hardware_class, req.base_commit, h.hypothesis_id, req.priority,
-                  req.excluded_volunteers, req.excluded_owners)
+    view.add_unit(
+        req.kind,
+        req.hardware_class,
+        req.base_commit,
+        h.hypothesis_id,
+        req.priority,
+        req.excluded_volunteers,
+        req.excluded_owners,
+    )
     again = decisions.judge(view, h, SETTINGS)
     assert again.requests == () and again.state == HypothesisState.PROMISING
 
@@ -190,7 +206,11 @@ def test_baseline_crashes_are_retried_then_left_to_after_merge(view):
     view.set_head("c1")
     first = run(view, "a1", 0.0, commit="c1", status=RunStatus.CRASH)
     retry = decisions.after_crash(view, first, SETTINGS)
-    assert retry.retry and retry.request.kind == UnitKind.BASELINE and retry.request.excluded_volunteers == ("a1",)
+    assert (
+        retry.retry
+        and retry.request.kind == UnitKind.BASELINE
+        and retry.request.excluded_volunteers == ("a1",)
+    )
     run(view, "a3", 0.0, commit="c1", status=RunStatus.CRASH)
     third = run(view, "a4", 0.0, commit="c1", status=RunStatus.CRASH)
     last = decisions.after_crash(view, third, SETTINGS)
@@ -384,3 +404,43 @@ def test_terminal_hypotheses_are_left_alone(view):
 def test_reasons_fit_the_store():
     j = decisions.Judgement("h", HypothesisState.FAILED, "x" * 5000)
     assert len(j.reason.encode()) <= 1_900 and j.reason.endswith("...")
+
+
+# -- the empirical-Bayes route (fdr_alpha) ---------------------------------------------------------
+
+EB_SETTINGS = SETTINGS.replace(fdr_alpha=0.03, fdr_min_z=2.0, fdr_min_observations=40)
+
+
+def swarm_history(view: InMemoryView, effects_sigma: list[float]) -> None:
+    """Rejected hypotheses with one first run each on gpu-a: what the swarm tested before."""
+    for i, effect in enumerate(effects_sigma):
+        h = view.add_hypothesis({"MATRIX_LR": f"0.0{i + 10}"})
+        run(view, ["a1", "a3", "a4", "a2"][i % 4], 1.0 - effect * SIGMA, h.hypothesis_id)
+        view.set_state(h.hypothesis_id, HypothesisState.REJECTED, "history")
+
+
+def moderate_win(view: InMemoryView):
+    """Two runs of two owners, each 2.1 sigma better: pooled z between 2 and confirm_z."""
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 1.0 - 2.1 * SIGMA, h.hypothesis_id)
+    run(view, "b1", 1.3 - 2.1 * SIGMA, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    return h
+
+
+def test_fdr_route_confirms_a_moderate_win_where_real_wins_are_common(view):
+    swarm_history(view, [5.0, -3.0] * 30)  # half of what the swarm tests is a clear win
+    h = moderate_win(view)
+    strict = decisions.judge(view, h, SETTINGS)
+    assert EB_SETTINGS.fdr_min_z <= strict.evidence.z < SETTINGS.confirm_z and not strict.confirmed
+    assert decisions.judge(view, h, EB_SETTINGS).confirmed
+
+
+def test_fdr_route_stays_strict_where_changes_are_noise(view):
+    swarm_history(view, [-1.0, -0.5, 0.0, 0.5, 1.0] * 12)  # nothing real: only noise-sized effects
+    j = decisions.judge(view, moderate_win(view), EB_SETTINGS)
+    assert not j.confirmed and j.state == HypothesisState.REPLICATING
+
+
+def test_fdr_route_needs_enough_first_runs(view):
+    swarm_history(view, [5.0, -3.0] * 10)  # 20 < fdr_min_observations
+    assert not decisions.judge(view, moderate_win(view), EB_SETTINGS).confirmed

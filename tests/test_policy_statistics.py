@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -10,6 +11,7 @@ from coordinator.policy.statistics import (
     Sample,
     SampleGroup,
     estimate_sigma,
+    fit_effect_prior,
     normalize,
     one_sided_p,
     pooled_evidence,
@@ -22,7 +24,9 @@ from coordinator.policy.statistics import (
 from coordinator.store.types import ClassStats
 
 
-def _group(cls: str, mean: float, n: int, sigma: float, values: list[tuple[float, str, str]], dof: int = 0) -> SampleGroup:
+def _group(
+    cls: str, mean: float, n: int, sigma: float, values: list[tuple[float, str, str]], dof: int = 0
+) -> SampleGroup:
     return SampleGroup(cls, "c0", mean, n, sigma, tuple(Sample(v, vol, own) for v, vol, own in values), dof)
 
 
@@ -143,3 +147,31 @@ def test_shift_z_positive_when_worse():
     assert shift_z([1.02, 1.04], [1.0, 1.0], 0.01) == pytest.approx(3.0)
     assert shift_z([0.98], [1.0, 1.0, 1.0], 0.01) < 0
     assert shift_z([], [1.0], 0.01) == 0.0
+
+
+def test_effect_prior_rates_nulls_and_clear_wins():
+    """A swarm where 10% of changes are 4-sigma wins, 30% do nothing, 60% hurt: the fitted
+    distribution lets a clear win through on two runs and keeps nulls at a small rate."""
+    rng = random.Random(7)
+    first_se = math.sqrt(1.0 + 1.0 / 2)  # one run against a 2-run baseline
+    truth = [4.0] * 10 + [0.0] * 30 + [-3.0] * 60
+    prior = fit_effect_prior([(rng.choice(truth) + rng.gauss(0.0, first_se), first_se) for _ in range(200)])
+    assert prior.observations == 200 and math.fsum(prior.weights) == pytest.approx(1.0)
+    se = math.sqrt(1.0 / 2 + 1.0 / 2)  # two runs against a 2-run baseline
+
+    def passes(effect: float) -> bool:
+        estimate = effect + rng.gauss(0.0, se)
+        return estimate / se >= 2.0 and prior.not_better_probability(estimate, se) <= 0.03
+
+    nulls = sum(passes(0.0) for _ in range(2000)) / 2000
+    wins = sum(passes(4.0) for _ in range(2000)) / 2000
+    assert nulls < 0.01 and wins > 0.7
+    assert prior.not_better_probability(1.0, se) > prior.not_better_probability(3.0, se)
+
+
+def test_effect_prior_of_pure_noise_is_strict():
+    rng = random.Random(3)
+    first_se = math.sqrt(1.5)
+    prior = fit_effect_prior([(rng.gauss(0.0, first_se), first_se) for _ in range(200)])
+    assert prior.not_better_probability(2.5, 1.0) > 0.1  # z = 2.5 is not enough when nothing is real
+    assert fit_effect_prior([]).observations == 0

@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from coordinator.policy.literals import LiteralError, parse_literal, same_value
 from coordinator.policy.settings import AcceptanceSettings
 from coordinator.policy.statistics import (
+    EffectPrior,
     Evidence,
     Sample,
     SampleGroup,
     SigmaEstimate,
     estimate_sigma,
+    fit_effect_prior,
     normalize,
     pooled_evidence,
     shift_z,
+    sigma_units,
     without_owner,
 )
 from coordinator.policy.view import PolicyView
@@ -156,7 +159,9 @@ class Plan:
 # -- public functions ----------------------------------------------------------------------------
 
 
-def class_sigma(view: PolicyView, hardware_class: str, settings: AcceptanceSettings = DEFAULT_SETTINGS) -> SigmaEstimate:
+def class_sigma(
+    view: PolicyView, hardware_class: str, settings: AcceptanceSettings = DEFAULT_SETTINGS
+) -> SigmaEstimate:
     return _Context(view, settings).sigma(hardware_class)
 
 
@@ -203,12 +208,18 @@ def hypothesis_evidence(
 ) -> Evidence:
     """Pooled evidence of every usable run of the hypothesis (for queries and the proposer)."""
     ctx = _Context(view, settings)
-    ok = [r for r in view.counting_results(hypothesis_id=hypothesis.hypothesis_id) if r.metrics.status == RunStatus.OK]
+    ok = [
+        r
+        for r in view.counting_results(hypothesis_id=hypothesis.hypothesis_id)
+        if r.metrics.status == RunStatus.OK
+    ]
     groups, _, _ = ctx.groups(ok, view.head_commit())
     return pooled_evidence(groups, settings.clip_sigma)
 
 
-def judge(view: PolicyView, hypothesis: Hypothesis, settings: AcceptanceSettings = DEFAULT_SETTINGS) -> Judgement:
+def judge(
+    view: PolicyView, hypothesis: Hypothesis, settings: AcceptanceSettings = DEFAULT_SETTINGS
+) -> Judgement:
     """Decide the hypothesis's state from its runs so far and say which runs it needs next."""
     return _Context(view, settings).judge(hypothesis)
 
@@ -240,9 +251,16 @@ def candidate_request(
     classes = ctx.allowed_classes(hypothesis)
     if not classes:
         return None
-    best = min(classes, key=lambda c: (len(ctx.queued(c)) / max(1, len(view.online_volunteers(c))), ctx.sigma(c).sigma, c))
+    best = min(
+        classes,
+        key=lambda c: (len(ctx.queued(c)) / max(1, len(view.online_volunteers(c))), ctx.sigma(c).sigma, c),
+    )
     return UnitRequest(
-        UnitKind.CANDIDATE, hypothesis.hypothesis_id, best, view.head_commit(), hypothesis.priority,
+        UnitKind.CANDIDATE,
+        hypothesis.hypothesis_id,
+        best,
+        view.head_commit(),
+        hypothesis.priority,
         reason="first run",
     )
 
@@ -269,7 +287,10 @@ def to_rejudge(view: PolicyView, result: ResultRecord) -> list[Hypothesis]:
     return [
         h
         for h in open_hypotheses
-        if any(r.hardware_class == result.hardware_class for r in view.counting_results(hypothesis_id=h.hypothesis_id))
+        if any(
+            r.hardware_class == result.hardware_class
+            for r in view.counting_results(hypothesis_id=h.hypothesis_id)
+        )
     ]
 
 
@@ -315,6 +336,7 @@ class _Context:
         self._online: dict[str, int] | None = None
         self._head_constants: dict[str, object] | None = None
         self._recent: list[str] | None = None
+        self._prior: EffectPrior | None = None
 
     # -- noise and baselines ----------------------------------------------------------------------
 
@@ -330,7 +352,10 @@ class _Context:
                     by_commit.setdefault(r.base_commit, []).append(r.metrics.val_bpb)
             groups = [g for g in by_commit.values() if len(g) > 1][-self.s.sigma_window_groups :]
             self._sigma[hardware_class] = estimate_sigma(
-                groups, self.s.prior_sigma_for(hardware_class), min_dof=self.s.min_sigma_dof, floor=self.s.sigma_floor
+                groups,
+                self.s.prior_sigma_for(hardware_class),
+                min_dof=self.s.min_sigma_dof,
+                floor=self.s.sigma_floor,
             )
         return self._sigma[hardware_class]
 
@@ -339,7 +364,9 @@ class _Context:
         if key not in self._baseline:
             records = [
                 r
-                for r in self.view.counting_results(hardware_class=hardware_class, base_commit=commit, kind=UnitKind.BASELINE)
+                for r in self.view.counting_results(
+                    hardware_class=hardware_class, base_commit=commit, kind=UnitKind.BASELINE
+                )
                 if r.metrics.status == RunStatus.OK
             ]
             if not fresh_only and self.s.reuse_merged_samples:
@@ -423,7 +450,11 @@ class _Context:
         targets = _values(hypothesis.constant_changes)
         if targets and all(n in head and same_value(head[n], v) for n, v in targets.items()):
             return "the head already has these values"
-        moved = sorted(n for n in hypothesis.constant_changes if n in base and n in head and not same_value(base[n], head[n]))
+        moved = sorted(
+            n
+            for n in hypothesis.constant_changes
+            if n in base and n in head and not same_value(base[n], head[n])
+        )
         if moved:
             return f"the head changed {', '.join(moved)} since this hypothesis's base"
         return ""
@@ -473,11 +504,18 @@ class _Context:
                 sigma = self.sigma(c)
                 groups.append(
                     SampleGroup(
-                        c, base, math.fsum(values) / len(values), len(values), sigma.sigma, tuple(samples), sigma.dof
+                        c,
+                        base,
+                        math.fsum(values) / len(values),
+                        len(values),
+                        sigma.sigma,
+                        tuple(samples),
+                        sigma.dof,
                     )
                 )
             elif base in self.recent_heads() or any(
-                u.kind == UnitKind.BASELINE and u.base_commit == base for u in self.view.pending_units(hardware_class=c)
+                u.kind == UnitKind.BASELINE and u.base_commit == base
+                for u in self.view.pending_units(hardware_class=c)
             ):
                 waiting += len(samples)
             else:
@@ -511,7 +549,9 @@ class _Context:
         evidence = pooled_evidence(groups, s.clip_sigma)
         # Queued units on an old base are cancelled and asked for again on the head.
         recent = self.recent_heads()
-        stale = tuple(u.unit_id for u in pending if u.state == UnitState.QUEUED and u.base_commit not in recent)
+        stale = tuple(
+            u.unit_id for u in pending if u.state == UnitState.QUEUED and u.base_commit not in recent
+        )
         live = [u for u in pending if u.unit_id not in stale]
         in_flight = len(live) + waiting
         runs = evidence.runs
@@ -521,9 +561,15 @@ class _Context:
 
         if runs == 0:
             if in_flight:
-                return keep(_waiting_state(h.state), "waiting for its first run" if not waiting else "waiting for a baseline")
+                return keep(
+                    _waiting_state(h.state),
+                    "waiting for its first run" if not waiting else "waiting for a baseline",
+                )
             if not self.allowed_classes(h):
-                return keep(HypothesisState.QUEUED, "no active class may run it (pinned constants or no volunteer online)")
+                return keep(
+                    HypothesisState.QUEUED,
+                    "no active class may run it (pinned constants or no volunteer online)",
+                )
             if h.state in (HypothesisState.QUEUED, HypothesisState.LEASED):
                 return keep(HypothesisState.QUEUED, "queued for its first run")
             # It had runs that no longer count (revoked volunteer, lost baseline): start over.
@@ -549,27 +595,39 @@ class _Context:
             verdict = self.confirmation(groups, evidence, head)
             if verdict == "confirmed":
                 return Judgement(
-                    h.hypothesis_id, HypothesisState.CONFIRMED, _confirm_reason(evidence), (), queued_ids, evidence, head
+                    h.hypothesis_id,
+                    HypothesisState.CONFIRMED,
+                    _confirm_reason(evidence),
+                    (),
+                    queued_ids,
+                    evidence,
+                    head,
                 )
             if verdict.startswith("refuted"):
                 return end(HypothesisState.REJECTED, verdict.removeprefix("refuted: "), evidence)
             needs_head_run = verdict == "verify"
             if needs_head_run and runs >= 2 * s.max_samples and not in_flight:
-                return end(HypothesisState.REJECTED, f"could not be verified on a moving head after {runs} runs", evidence)
+                return end(
+                    HypothesisState.REJECTED,
+                    f"could not be verified on a moving head after {runs} runs",
+                    evidence,
+                )
             # Projected z if the remaining runs up to max_samples showed the same effect.
             projected = evidence.z * math.sqrt(max(s.max_samples, runs) / runs)
             if not needs_head_run and projected < s.futility_z and not in_flight:
                 return end(
                     HypothesisState.REJECTED,
                     f"not better enough: pooled z = {evidence.z:.2f} after {runs} runs, projected "
-                    f"{projected:.2f} at {s.max_samples} < {s.futility_z}", evidence,
+                    f"{projected:.2f} at {s.max_samples} < {s.futility_z}",
+                    evidence,
                 )
             if not needs_head_run and runs + in_flight >= s.max_samples:
                 if in_flight:
                     return keep(HypothesisState.REPLICATING, f"{runs} runs in, waiting for {in_flight} more")
                 return end(
                     HypothesisState.REJECTED,
-                    f"inconclusive after {runs} runs: pooled z = {evidence.z:.2f} < {s.confirm_z}", evidence,
+                    f"inconclusive after {runs} runs: pooled z = {evidence.z:.2f} < {s.confirm_z}",
+                    evidence,
                 )
         else:
             needs_head_run = False
@@ -605,15 +663,23 @@ class _Context:
                 [request],
             )
         if needs_head_run:
-            return keep(HypothesisState.REPLICATING, f"evidence holds (z = {evidence.z:.2f}); re-verifying on the head", [request])
-        return keep(HypothesisState.REPLICATING, f"{runs} runs, pooled z = {evidence.z:.2f}; one more replicate", [request])
+            return keep(
+                HypothesisState.REPLICATING,
+                f"evidence holds (z = {evidence.z:.2f}); re-verifying on the head",
+                [request],
+            )
+        return keep(
+            HypothesisState.REPLICATING,
+            f"{runs} runs, pooled z = {evidence.z:.2f}; one more replicate",
+            [request],
+        )
 
     def confirmation(self, groups: Sequence[SampleGroup], evidence: Evidence, head: str) -> str:
         """'confirmed', 'verify' (holds, but needs a run on the head), 'refuted: why', or ''."""
         s = self.s
-        if evidence.z < s.confirm_z:
-            return ""
         if len(evidence.volunteers) < s.min_volunteers or len(evidence.owners) < s.min_owners:
+            return ""
+        if evidence.z < s.confirm_z and not self.probably_better(evidence):
             return ""
         for owner in sorted(evidence.owners):
             rest = pooled_evidence(without_owner(groups, owner), s.clip_sigma)
@@ -627,6 +693,43 @@ class _Context:
         if on_head.z < s.verify_z:
             return f"refuted: held on older bases (z = {evidence.z:.2f}) but not on the head (z = {on_head.z:.2f})"
         return "confirmed"
+
+    def probably_better(self, evidence: Evidence) -> bool:
+        """The empirical-Bayes route: P(not an improvement | evidence) <= fdr_alpha under the
+        effect distribution fitted to the swarm's recent first runs. Lenient where real wins are
+        common among what the swarm tests, strict where nearly everything is noise."""
+        s = self.s
+        if s.fdr_alpha <= 0.0 or evidence.z < s.fdr_min_z:
+            return False
+        prior = self.effect_prior()
+        if prior.observations < s.fdr_min_observations:
+            return False
+        estimate, se = sigma_units(evidence)
+        return prior.not_better_probability(estimate, se) <= s.fdr_alpha
+
+    def effect_prior(self) -> EffectPrior:
+        """Effects of the newest fdr_window first runs (one per hypothesis), in sigma units of
+        their class, with their standard errors sqrt(1 + 1/n) against n baseline runs."""
+        if self._prior is None:
+            firsts: dict[str, ResultRecord] = {}
+            for c in self.view.active_classes():
+                for r in self.view.counting_results(hardware_class=c, kind=UnitKind.CANDIDATE):
+                    if r.metrics.status != RunStatus.OK or not r.hypothesis_id:
+                        continue
+                    seen = firsts.get(r.hypothesis_id)
+                    if seen is None or r.reported_s < seen.reported_s:
+                        firsts[r.hypothesis_id] = r
+            newest = sorted(firsts.values(), key=lambda r: r.reported_s)[-self.s.fdr_window :]
+            observations: list[tuple[float, float]] = []
+            for r in newest:
+                if not self.baseline_ready(r.hardware_class, r.base_commit):
+                    continue
+                values = [x.val_bpb for x in self.baseline(r.hardware_class, r.base_commit)]
+                sigma = self.sigma(r.hardware_class).sigma
+                effect = (math.fsum(values) / len(values) - r.metrics.val_bpb) / sigma
+                observations.append((effect, self.s.fdr_noise_factor * math.sqrt(1.0 + 1.0 / len(values))))
+            self._prior = fit_effect_prior(observations)
+        return self._prior
 
     def baseline_instead(
         self, groups: Sequence[SampleGroup], evidence: Evidence, head: str, replicate: UnitRequest
@@ -664,9 +767,18 @@ class _Context:
         if best_gain <= replicate_gain:
             return None
         done_by = {x.volunteer_id for x in self.baseline(best_class, head, fresh_only=True)}
-        excluded = self._retry_exclusions(best_class, done_by) if len(done_by) < self.online(best_class) else ()
+        excluded = (
+            self._retry_exclusions(best_class, done_by) if len(done_by) < self.online(best_class) else ()
+        )
         return UnitRequest(
-            UnitKind.BASELINE, "", best_class, head, 0.0, excluded, (), reason="baseline run: the larger uncertainty"
+            UnitKind.BASELINE,
+            "",
+            best_class,
+            head,
+            0.0,
+            excluded,
+            (),
+            reason="baseline run: the larger uncertainty",
         )
 
     def replicate_request(
@@ -706,25 +818,43 @@ class _Context:
             )
             failures = [r for r in runs if r.metrics.status in FAILURE_STATUSES]
             if result.base_commit != head:
-                return CrashDecision(False, None, None, "baseline of a commit that is no longer the head", len(failures))
+                return CrashDecision(
+                    False, None, None, "baseline of a commit that is no longer the head", len(failures)
+                )
             if len(failures) > s.max_crash_retries:
                 return CrashDecision(
-                    False, None, None,
-                    f"the head fails on {result.hardware_class}: {_failure_reason(failures)}", len(failures),
+                    False,
+                    None,
+                    None,
+                    f"the head fails on {result.hardware_class}: {_failure_reason(failures)}",
+                    len(failures),
                 )
             excluded = self._retry_exclusions(result.hardware_class, {r.volunteer_id for r in failures})
             request = UnitRequest(
-                UnitKind.BASELINE, "", result.hardware_class, head, 0.0, excluded, (),
+                UnitKind.BASELINE,
+                "",
+                result.hardware_class,
+                head,
+                0.0,
+                excluded,
+                (),
                 reason=f"retry {len(failures)}/{s.max_crash_retries} after {status.value}",
             )
             return CrashDecision(True, request, None, request.reason, len(failures))
         runs = self.view.counting_results(hypothesis_id=result.hypothesis_id)
         failures = [r for r in runs if r.metrics.status in FAILURE_STATUSES]
         if len(failures) > s.max_crash_retries:
-            return CrashDecision(False, None, HypothesisState.FAILED, _failure_reason(failures), len(failures))
+            return CrashDecision(
+                False, None, HypothesisState.FAILED, _failure_reason(failures), len(failures)
+            )
         excluded = self._retry_exclusions(result.hardware_class, {r.volunteer_id for r in runs})
         request = UnitRequest(
-            result.kind, result.hypothesis_id, result.hardware_class, head, 0.0, excluded,
+            result.kind,
+            result.hypothesis_id,
+            result.hardware_class,
+            head,
+            0.0,
+            excluded,
             tuple(sorted({r.owner for r in runs})) if result.kind == UnitKind.REPLICATE else (),
             reason=f"retry {len(failures)}/{s.max_crash_retries} after {status.value}",
         )
@@ -750,9 +880,14 @@ class _Context:
             sigma = self.sigma(c)
             if sigma.from_prior:
                 # Until the class's noise is measured, its first heads get extra baseline runs.
-                target = max(target, min(len(fresh) + s.min_sigma_dof - sigma.dof, s.baseline_replicates + s.min_sigma_dof))
+                target = max(
+                    target,
+                    min(len(fresh) + s.min_sigma_dof - sigma.dof, s.baseline_replicates + s.min_sigma_dof),
+                )
             in_flight = sum(
-                1 for u in self.view.pending_units(hardware_class=c) if u.kind == UnitKind.BASELINE and u.base_commit == head
+                1
+                for u in self.view.pending_units(hardware_class=c)
+                if u.kind == UnitKind.BASELINE and u.base_commit == head
             )
             missing = target - have - in_flight
             if missing <= 0:
@@ -760,7 +895,16 @@ class _Context:
             done_by = {r.volunteer_id for r in fresh}
             excluded = self._retry_exclusions(c, done_by) if len(done_by) < self.online(c) else ()
             requests += [
-                UnitRequest(UnitKind.BASELINE, "", c, head, 0.0, excluded, (), reason=f"baseline {have + i + 1}/{target}")
+                UnitRequest(
+                    UnitKind.BASELINE,
+                    "",
+                    c,
+                    head,
+                    0.0,
+                    excluded,
+                    (),
+                    reason=f"baseline {have + i + 1}/{target}",
+                )
                 for i in range(missing)
             ]
         return requests
@@ -768,10 +912,12 @@ class _Context:
     def plan_candidates(self) -> list[UnitRequest]:
         head = self.view.head_commit()
         room = {
-            c: math.ceil(self.s.queue_factor * self.online(c)) - len(self.queued(c)) for c in self.view.active_classes()
+            c: math.ceil(self.s.queue_factor * self.online(c)) - len(self.queued(c))
+            for c in self.view.active_classes()
         }
         queued = [
-            h for h in self.view.hypotheses([HypothesisState.QUEUED])
+            h
+            for h in self.view.hypotheses([HypothesisState.QUEUED])
             if not self.view.pending_units(hypothesis_id=h.hypothesis_id)
         ]
         queued.sort(key=lambda h: -h.priority)  # stable: equal priorities stay oldest first
@@ -786,7 +932,9 @@ class _Context:
                 continue
             c = max(classes, key=lambda c: (room[c] / max(1, self.online(c)), -self.sigma(c).sigma, c))
             room[c] -= 1
-            requests.append(UnitRequest(UnitKind.CANDIDATE, h.hypothesis_id, c, head, h.priority, reason="first run"))
+            requests.append(
+                UnitRequest(UnitKind.CANDIDATE, h.hypothesis_id, c, head, h.priority, reason="first run")
+            )
         return requests
 
     # -- after a merge ----------------------------------------------------------------------------
@@ -800,7 +948,9 @@ class _Context:
         pending: list[str] = []
         flagged: list[str] = []
         for c in sorted(classes):
-            runs = self.view.counting_results(hardware_class=c, base_commit=merge.commit, kind=UnitKind.BASELINE)
+            runs = self.view.counting_results(
+                hardware_class=c, base_commit=merge.commit, kind=UnitKind.BASELINE
+            )
             new = [r.metrics.val_bpb for r in runs if r.metrics.status == RunStatus.OK]
             failures = [r for r in runs if r.metrics.status in FAILURE_STATUSES]
             ancestor, old = self._measured_ancestor(c, merge.parent_commit)
@@ -841,7 +991,9 @@ class _Context:
             reason = f"still measuring: {', '.join(pending)}"
         else:
             reason = "no class got significantly worse"
-        return RevertDecision(merge.commit, revert, tuple(flagged), tuple(pending), tuple(shifts), _clip(reason))
+        return RevertDecision(
+            merge.commit, revert, tuple(flagged), tuple(pending), tuple(shifts), _clip(reason)
+        )
 
     def _measured_ancestor(self, hardware_class: str, commit: str) -> tuple[str, list[float]]:
         """The nearest commit up the merge chain with a usable baseline on the class."""
@@ -881,7 +1033,7 @@ def _waiting_state(state: HypothesisState) -> HypothesisState:
 
 def _failure_reason(failures: Sequence[ResultRecord]) -> str:
     last = failures[-1]
-    detail = (last.metrics.error or last.metrics.log_tail.strip().splitlines()[-1:] or [""])
+    detail = last.metrics.error or last.metrics.log_tail.strip().splitlines()[-1:] or [""]
     text = detail if isinstance(detail, str) else (detail[0] if detail else "")
     statuses = ", ".join(sorted({r.metrics.status.value for r in failures}))
     reason = f"failed {len(failures)} times ({statuses}) on {', '.join(sorted({r.hardware_class for r in failures}))}"

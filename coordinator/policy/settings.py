@@ -32,7 +32,19 @@ class AcceptanceSettings:
     promising_z: float = 1.5  # first run's z at least this: replicated; between the two: rejected as
     # "weakly better" (mostly noise; not worth replicating alone)
     confirm_z: float = 3.0  # one-sided z of the pooled evidence needed to confirm
-    futility_z: float = 1.0  # from the second run on: pooled z projected to max_samples runs below this: rejected
+    # Empirical-Bayes route to a confirmation below confirm_z: the distribution of true effects is
+    # fitted to the swarm's own recent first runs, and a change confirms once the posterior
+    # probability that it is not an improvement is at most fdr_alpha (0: off) and z >= fdr_min_z.
+    fdr_alpha: float = 0.0
+    fdr_min_z: float = 2.0
+    fdr_window: int = 200  # newest first runs (one per hypothesis) that the fit uses
+    fdr_min_observations: int = 50  # fewer first runs than this: only confirm_z confirms
+    fdr_noise_factor: float = 1.0  # the fit takes first runs as this much noisier than they are:
+    # runs on one head share its baseline error, so the runs spread more than independent ones
+    # would; a wider assumed noise leaves a narrower, stricter effect distribution
+    futility_z: float = (
+        1.0  # from the second run on: pooled z projected to max_samples runs below this: rejected
+    )
     verify_z: float = 0.0  # runs on the head (after the base moved) must not point the other way
     verify_max_lag: int = 2  # runs this many merges behind the head still count as on the head
     loo_min_z: float = 1.0  # evidence without any single owner must still reach this z
@@ -123,6 +135,7 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         "confirm_z": s.confirm_z,
         "lease_factor": s.lease_factor,
         "clip_sigma": s.clip_sigma,
+        "fdr_noise_factor": s.fdr_noise_factor,
         "revert_z": s.revert_z,
         "online_window_s": s.online_window_s,
     }
@@ -138,6 +151,8 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         "max_samples": (s.max_samples, 1),
         "max_crash_retries": (s.max_crash_retries, 0),
         "verify_max_lag": (s.verify_max_lag, 0),
+        "fdr_window": (s.fdr_window, 1),
+        "fdr_min_observations": (s.fdr_min_observations, 1),
         "revert_min_samples": (s.revert_min_samples, 1),
     }
     problems += [f"{k} must be >= {lo}, got {v}" for k, (v, lo) in at_least.items() if v < lo]
@@ -147,6 +162,8 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         problems.append("min_baseline_samples cannot exceed baseline_replicates")
     if s.discard_z > s.promising_z:
         problems.append("discard_z cannot exceed promising_z")
+    if not 0.0 <= s.fdr_alpha < 1.0:
+        problems.append(f"fdr_alpha must be in [0, 1), got {s.fdr_alpha}")
     if s.queue_factor < 0:
         problems.append(f"queue_factor must be >= 0, got {s.queue_factor}")
     bad_priors = [k for k, v in s.prior_sigma_by_class.items() if not (isinstance(v, float | int) and v > 0)]

@@ -7,6 +7,7 @@ code on one hardware class, pooled over the within-commit spread of that class's
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -317,8 +318,13 @@ def without_owner(groups: Sequence[SampleGroup], owner: str) -> list[SampleGroup
         if kept:
             out.append(
                 SampleGroup(
-                    group.hardware_class, group.base_commit, group.baseline_mean,
-                    group.baseline_samples, group.sigma, kept, group.sigma_dof,
+                    group.hardware_class,
+                    group.base_commit,
+                    group.baseline_mean,
+                    group.baseline_samples,
+                    group.sigma,
+                    kept,
+                    group.sigma_dof,
                 )
             )
     return out
@@ -332,3 +338,91 @@ def shift_z(
         return 0.0
     diff = math.fsum(new_values) / len(new_values) - math.fsum(old_values) / len(old_values)
     return t_to_z(diff / (sigma * math.sqrt(1.0 / len(new_values) + 1.0 / len(old_values))), sigma_dof)
+
+
+# -- empirical Bayes: how likely a change is not an improvement ------------------------------------
+
+PRIOR_GRID_STEP = 0.5  # sigma units between the support points of the fitted effect distribution
+PRIOR_GRID_LIMIT = 12.0  # the fitted effects span +- this many sigmas
+_PRIOR_ITERATIONS = 60
+
+
+@dataclass(frozen=True)
+class EffectPrior:
+    """The distribution of true effects (sigma units, positive = better) among the changes a
+    swarm tests, fitted to their first runs: support points and their weights."""
+
+    support: tuple[float, ...]
+    weights: tuple[float, ...]
+    observations: int
+
+    def not_better_probability(self, estimate: float, se: float) -> float:
+        """P(true effect <= 0 | an estimate with standard error se), both in sigma units."""
+        if se <= 0 or not math.isfinite(estimate):
+            return 0.0 if estimate > 0 else 1.0
+        worse = total = 0.0
+        for point, weight in zip(self.support, self.weights, strict=True):
+            if weight <= 0.0:
+                continue
+            u = (estimate - point) / se
+            likelihood = weight * math.exp(-0.5 * u * u)
+            total += likelihood
+            if point <= 0.0:
+                worse += likelihood
+        return worse / total if total > 0 else 1.0
+
+
+def fit_effect_prior(observations: Sequence[tuple[float, float]]) -> EffectPrior:
+    """The effect distribution that best explains noisy measurements (estimate, se) of many
+    changes: a nonparametric maximum-likelihood fit on a grid (EM). Measurements are rounded
+    (0.05 sigma) and memoized, so refitting on the same runs costs nothing."""
+    rounded = tuple(
+        sorted(
+            (round(min(max(e, -PRIOR_GRID_LIMIT), PRIOR_GRID_LIMIT) * 20) / 20, round(s * 20) / 20)
+            for e, s in observations
+        )
+    )
+    return _fit_effect_prior(rounded)
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_effect_prior(observations: tuple[tuple[float, float], ...]) -> EffectPrior:
+    steps = int(round(PRIOR_GRID_LIMIT / PRIOR_GRID_STEP))
+    support = tuple(k * PRIOR_GRID_STEP for k in range(-steps, steps + 1))
+    if not observations:
+        return EffectPrior(support, tuple(1.0 / len(support) for _ in support), 0)
+    counts: dict[tuple[float, float], int] = {}
+    for obs in observations:
+        counts[obs] = counts.get(obs, 0) + 1
+    rows = []
+    for (estimate, se), count in counts.items():
+        se = max(se, 0.05)
+        rows.append((count, [math.exp(-0.5 * ((estimate - p) / se) ** 2) for p in support]))
+    # EM from a narrow start (most changes do about nothing): with a bounded number of
+    # iterations the fit widens only where the runs demand it, which errs on the strict side.
+    start = [math.exp(-0.5 * p * p) for p in support]
+    weights = [w / math.fsum(start) for w in start]
+    n = len(observations)
+    for _ in range(_PRIOR_ITERATIONS):
+        new = [0.0] * len(support)
+        for count, likelihood in rows:
+            mix = math.fsum(w * lk for w, lk in zip(weights, likelihood, strict=True))
+            if mix <= 0.0:
+                continue
+            scale = count / mix
+            for j, (w, lk) in enumerate(zip(weights, likelihood, strict=True)):
+                new[j] += w * lk * scale
+        weights = [w / n for w in new]
+    return EffectPrior(support, tuple(weights), n)
+
+
+def sigma_units(evidence: Evidence) -> tuple[float, float]:
+    """The pooled effect in sigma units and its standard error, scaled so their ratio is the
+    evidence's z (the t-to-z conversion carries over: an estimated sigma is not taken as exact)."""
+    weight_sum = 0.0
+    for g in evidence.groups:
+        weight_sum += (g.sigma / g.se_bpb) ** 2
+    if weight_sum <= 0.0:
+        return 0.0, math.inf
+    se = 1.0 / math.sqrt(weight_sum)
+    return evidence.z * se, se
