@@ -28,6 +28,7 @@ from coordinator.branch import GlobalBranch
 from coordinator.ops import BranchMirror
 from coordinator.service.auth import AuthInterceptor, PrincipalCache, hash_token, new_token
 from coordinator.service.core import CoordinatorCore, SwarmConfig
+from coordinator.service.decider import DeciderHandle, decider_command
 from coordinator.service.servicer import AdminServicer, Blocking, CoordinatorServicer
 from coordinator.service.signing import SigningKeys
 from coordinator.store.base import Store, open_store
@@ -44,6 +45,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 PLAN_DUTY_FACTOR = 4.0  # a policy pass waits at least this many times its own duration before the next
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
+SCORE_RESULTS_MAX_AGE_S = 1.0
 
 
 @dataclass
@@ -57,6 +59,10 @@ class ServerOptions:
     branch_name: str = "global"
     mirror_url: str = ""
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    # "process": judging, merging, planning and proposing run in a child process (decider.py);
+    # "inline": in this process's worker threads (simpler, for small swarms and debugging).
+    decisions: str = "process"
+    log_json: bool = False
 
 
 def initial_branch_files() -> dict[str, str]:
@@ -110,6 +116,7 @@ class CoordinatorServer:
         data_dir = Path(options.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         store_url = options.store_url or f"sqlite:///{data_dir / 'state.sqlite'}"
+        self.store_url = store_url
         self.store = open_store(store_url)
         self.branch = GlobalBranch.open(data_dir / BRANCH_DIR, options.branch_name, initial_branch_files())
         self.signer = SigningKeys.load_or_create(data_dir)
@@ -124,6 +131,19 @@ class CoordinatorServer:
             self.mirror = BranchMirror(self.branch, options.mirror_url)
             self.core.on_branch_moved = self.mirror.request
         ensure_admin_token(self.store, data_dir)
+        if options.decisions not in ("process", "inline"):
+            raise ValueError(f"decisions must be 'process' or 'inline', not {options.decisions!r}")
+        self.decider: DeciderHandle | None = None
+        if options.decisions == "process":
+            self.decider = DeciderHandle(
+                decider_command(store_url, data_dir, options.branch_name, swarm, options.log_json),
+                on_counts=_count_decisions,
+            )
+            self.core.delegate = self.decider
+            # This process no longer decides: it scores reports, for which a class's results
+            # read a moment ago are as good as fresh ones.
+            self.core.view.results_max_age_s = SCORE_RESULTS_MAX_AGE_S
+        self._mirrored_head = ""
         self.run_blocking = Blocking()
         self.run_decisions = Blocking(DECISION_WORKERS, name="decide")  # calls that take the core's lock
         self.cache = PrincipalCache(self.store)
@@ -133,7 +153,10 @@ class CoordinatorServer:
 
     async def start(self) -> int:
         self.core.reconcile()
-        self.core.plan()
+        if self.decider is not None:
+            self.decider.start()  # its first pass judges what arrived while nobody was deciding
+        else:
+            self.core.plan()
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.cache, self.run_blocking)],
             options=[
@@ -143,7 +166,9 @@ class CoordinatorServer:
             ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.core, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions),
+            CoordinatorServicer(
+                self.core, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions, self.decider
+            ),
             server,
         )
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.core, self.run_blocking, self.cache), server)
@@ -171,7 +196,10 @@ class CoordinatorServer:
             self.mirror.start()
         host = self.options.listen.rsplit(":", 1)[0]
         address = f"{host}:{self.port}"
-        ready = {"address": address, "pid": os.getpid(), "public_key": self.signer.public_key.hex()}
+        ready = {
+            "address": address, "pid": os.getpid(), "public_key": self.signer.public_key.hex(),
+            "decider_pid": self.decider.pid if self.decider is not None else None,
+        }
         (Path(self.options.data_dir) / READY_FILE).write_text(json.dumps(ready))
         log.info("listening on %s (store %s, head %s)", address, type(self.store).__name__, self.branch.head()[:10])
         return self.port
@@ -184,6 +212,10 @@ class CoordinatorServer:
                 expired = await self.run_blocking(self.core.expire)
                 if expired:
                     log.info("expired %d lease(s); their units are leasable again", len(expired))
+                if self.decider is not None:
+                    self.decider.ensure_running()
+                    self._follow_head()
+                    continue
                 if time.monotonic() < plan_due:
                     continue
                 started = time.monotonic()
@@ -197,11 +229,21 @@ class CoordinatorServer:
             except Exception:
                 log.exception("maintenance failed")
 
+    def _follow_head(self) -> None:
+        """The decider merges in its own process: mirror the branch when its head moves."""
+        head = self.branch.head()
+        if head != self._mirrored_head:
+            self._mirrored_head = head
+            if self.mirror is not None:
+                self.mirror.request(head)
+
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self.decider is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.decider.stop)
         self.run_blocking.shutdown()
         self.run_decisions.shutdown()
         if self.mirror is not None:
@@ -218,6 +260,13 @@ class CoordinatorServer:
         await stop.wait()
         log.info("shutting down: finishing in-flight calls")
         await self.stop()
+
+
+def _count_decisions(merges: int, reverts: int) -> None:
+    from coordinator.service.metrics import METRICS
+
+    METRICS.merges.inc(merges)
+    METRICS.reverts.inc(reverts)
 
 
 def serve(options: ServerOptions) -> None:

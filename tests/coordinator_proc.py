@@ -83,6 +83,16 @@ class CoordinatorProcess:
     def client(self, token: str | None = None) -> CoordinatorClient:
         return CoordinatorClient(self.address, token, timeout_s=15.0)
 
+    def settle(self, timeout_s: float = 20.0) -> None:
+        """Wait until the decision process has judged every reported result (reports are
+        acknowledged before they are judged)."""
+        deadline = time.monotonic() + timeout_s
+        with self.admin() as admin:
+            while admin.status().undecided_results:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"results still undecided after {timeout_s} s")
+                time.sleep(0.05)
+
     def admin(self) -> CoordinatorClient:
         return self.client(self.admin_token)
 

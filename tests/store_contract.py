@@ -292,7 +292,9 @@ class SnapshotContract:
             "res-alice", fresh.result_id
         ]
         assert [m.commit for m in store.list_merges()] == ["c2", "c1"]
-        assert [h.hypothesis_id for h in store.list_hypotheses([HypothesisState.QUEUED])] == ["hyp-queued"]
+        # Its unit was leased above, which moved it on (indexes by state survive the import too).
+        assert store.list_hypotheses([HypothesisState.QUEUED]) == []
+        assert [h.hypothesis_id for h in store.list_hypotheses([HypothesisState.LEASED])] == ["hyp-queued"]
         assert store.get_meta("flag:c1") == "x" * 1000
 
     @requires("snapshots", "hypotheses", "units")
@@ -673,6 +675,42 @@ class StoreContract(SnapshotContract):
             store.get_lease("no-such-lease")
         with pytest.raises(NotFoundError):
             store.get_unit("no-such-unit")
+
+    @requires("units", "leases")
+    def test_lease_marks_the_volunteer_seen_and_the_hypothesis_leased(
+        self, store: Store, advance_clock: Callable[[float], None]
+    ) -> None:
+        volunteer = add_volunteer(store)
+        seen_before = store.get_principal(volunteer.principal_id).last_seen_s
+        advance_clock(5.0)
+        assert store.lease_unit(volunteer.principal_id, "alice", "cpu", LONG_LEASE_S) is None
+        seen_idle = store.get_principal(volunteer.principal_id).last_seen_s
+        assert seen_idle >= seen_before + 5.0  # seen even when there was nothing to lease
+        queued = store.add_hypothesis(make_hypothesis())
+        running = store.add_hypothesis(make_hypothesis())
+        store.update_hypothesis(running.hypothesis_id, state=HypothesisState.REPLICATING)
+        unit = store.enqueue_unit(make_unit(queued.hypothesis_id, UnitKind.CANDIDATE, priority=1.0))
+        store.enqueue_unit(make_unit(running.hypothesis_id, UnitKind.CANDIDATE))
+        advance_clock(5.0)
+        leased, _ = self.lease(store, volunteer)
+        assert leased.unit_id == unit.unit_id
+        assert store.get_hypothesis(queued.hypothesis_id).state == HypothesisState.LEASED
+        assert [h.hypothesis_id for h in store.list_hypotheses(states=[HypothesisState.LEASED])] == [
+            queued.hypothesis_id
+        ]
+        assert store.list_hypotheses(states=[HypothesisState.QUEUED]) == []
+        assert store.get_principal(volunteer.principal_id).last_seen_s >= seen_idle + 5.0
+        self.lease(store, volunteer)  # a hypothesis past `queued` keeps its state
+        assert store.get_hypothesis(running.hypothesis_id).state == HypothesisState.REPLICATING
+
+    @requires("units")
+    def test_unit_without_code(self, store: Store) -> None:
+        unit = store.enqueue_unit(make_unit())
+        light = store.get_unit(unit.unit_id, with_code=False)
+        assert light.train_py == "" and light.profiles_json == ""
+        assert light == dataclasses.replace(store.get_unit(unit.unit_id), train_py="", profiles_json="")
+        with pytest.raises(NotFoundError):
+            store.get_unit("no-such-unit", with_code=False)
 
     @requires("units", "leases")
     def test_replicates_respect_volunteer_and_owner_exclusions(self, store: Store) -> None:

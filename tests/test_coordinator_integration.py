@@ -193,7 +193,16 @@ def test_conflicting_win_is_marked_conflicted(coordinator):
     assert "train.py" in conflicted[0].state_reason
 
 
-def test_win_on_a_stale_base_is_rebased_and_reverified_on_the_head(coordinator):
+@pytest.fixture
+def strict_verify_coordinator(tmp_path, store_url):
+    """Wins must be verified on the exact head (the default accepts runs up to 2 merges behind)."""
+    proc = coordinator_process(tmp_path / "coordinator", store_url, policy={**POLICY, "verify_max_lag": 0}).start()
+    yield proc
+    proc.stop()
+
+
+def test_win_on_a_stale_base_is_rebased_and_reverified_on_the_head(strict_verify_coordinator):
+    coordinator = strict_verify_coordinator
     volunteers = _volunteers(coordinator, ["alice", "bob", "carol"])
     land = landscape({"MATRIX_LR": 0.05, "WEIGHT_DECAY": 0.1})
     run_swarm(volunteers, land, max_rounds=6)

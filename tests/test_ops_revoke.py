@@ -51,6 +51,7 @@ def test_without_revocation_that_report_merges_the_change(tmp_path):
     try:
         alice, _, _, hypothesis_id, replicate = _mallory_first(proc)
         alice.report(replicate, landscape(BETTER, "cpu"))
+        proc.settle()
         with proc.admin() as admin:
             assert admin.hypothesis(hypothesis_id).hypothesis.state == pb.HYPOTHESIS_STATE_MERGED
     finally:
@@ -72,6 +73,7 @@ def test_revoked_owner_is_refused_and_its_evidence_no_longer_counts(tmp_path):
 
         # The report that would have confirmed the change on Mallory's numbers merges nothing.
         alice.report(replicate, landscape(BETTER, "cpu"))
+        proc.settle()
         with proc.admin() as admin:
             detail = admin.hypothesis(hypothesis_id)
         assert detail.hypothesis.state != pb.HYPOTHESIS_STATE_MERGED, detail.hypothesis.state_reason

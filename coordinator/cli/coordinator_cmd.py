@@ -43,6 +43,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy-json", default=env("AUTOSWARM_POLICY_JSON", ""),
                    help="acceptance settings overrides as JSON (see coordinator/policy/README.md)")
     p.add_argument("--log-json", action="store_true", help="structured (JSON lines) logs")
+    p.add_argument(
+        "--decisions", choices=["process", "inline"], default=env("AUTOSWARM_DECISIONS", "process"),
+        help="where judging, merging and planning run: a child process at lower priority (default), "
+        "or this process's worker threads",
+    )
     p.add_argument("--mirror-url", default=env("AUTOSWARM_MIRROR_URL", ""),
                    help="push the global branch to this git remote after every merge (optional)")
 
@@ -105,7 +110,7 @@ def _admin_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transition-s", type=float, default=7 * 24 * 3600.0)
 
 
-def _configure_logging(json_logs: bool) -> None:
+def configure_logging(json_logs: bool) -> None:
     if json_logs:
 
         class JsonFormatter(logging.Formatter):
@@ -176,7 +181,7 @@ def main(argv: list[str]) -> int:
         from coordinator.server import ServerOptions, serve
         from coordinator.service.core import SwarmConfig
 
-        _configure_logging(args.log_json)
+        configure_logging(args.log_json)
         swarm = SwarmConfig(
             budget_s=args.budget_s,
             dataset=args.dataset,
@@ -198,6 +203,8 @@ def main(argv: list[str]) -> int:
             branch_name=args.branch,
             mirror_url=args.mirror_url,
             swarm=swarm,
+            decisions=args.decisions,
+            log_json=args.log_json,
         )
         serve(options)
         return 0

@@ -23,7 +23,10 @@ from coordinator.store.errors import PermissionDeniedError
 from coordinator.store.types import Principal, Role
 
 TOKEN_BYTES = 32
-PRINCIPAL_CACHE_TTL_S = 2.0  # bounded staleness of a revocation seen by another process
+# Revocations through this server clear the cache at once; the TTL bounds what a revocation made
+# elsewhere (another process on the same store) takes to be seen here. The store refuses a revoked
+# volunteer's leases and reports by itself, so only read-only calls could see a stale entry.
+PRINCIPAL_CACHE_TTL_S = 30.0
 
 ALL_ROLES = frozenset(Role)
 PUBLIC = frozenset[Role]()  # no token needed

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from coordinator import branch as branch_mod
 from coordinator.policy import decisions
@@ -38,6 +39,7 @@ from coordinator.store.types import (
     HypothesisSource,
     HypothesisState,
     Lease,
+    LeaseState,
     MergeRecord,
     NormalizedScore,
     Principal,
@@ -53,6 +55,7 @@ log = logging.getLogger("autoswarm.coordinator")
 
 META_HEAD = "head_commit"
 META_TOKENIZER_HASH = "tokenizer_hash"  # pinned by the operator, or by the first ok result
+META_REVOCATION_EPOCH = "revocation_epoch"  # changes whenever results stop counting
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ class ReportOutcome:
     hypothesis_state: HypothesisState | None
 
 
+class DecisionDelegate(Protocol):
+    """Where decisions go when they are not made inline (coordinator.service.decider.DeciderHandle)."""
+
+    def wake(self, command: str = "wake") -> int: ...
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
@@ -119,6 +128,12 @@ class CoordinatorCore:
         self._plan_lock = threading.Lock()  # one policy pass at a time
         # Called with the new head after every merge or revert (the server's branch mirror).
         self.on_branch_moved: Callable[[str], None] | None = None
+        # Set in the serving process when decisions run in the decider process (decider.py):
+        # reports, submissions and revocations then wake it instead of deciding inline.
+        self.delegate: DecisionDelegate | None = None
+        self.merges_done = 0
+        self.reverts_done = 0
+        self._pinned_tokenizer = ""
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -161,6 +176,7 @@ class CoordinatorCore:
                     if not merge.reverted_by:
                         self.store.mark_reverted(reverts, commit.sha, commit.title)
                         fixed.append(f"merge {reverts[:10]} marked reverted")
+            self.view.forget_merges()
             if self.store.get_meta(META_HEAD) != head:
                 self.store.set_meta(META_HEAD, head)
                 fixed.append(f"head set to {head[:10]}")
@@ -204,16 +220,21 @@ class CoordinatorCore:
 
     # -- the work loop ----------------------------------------------------------------------------
 
-    def lease_work(self, principal: Principal, hardware_class: str, slot: int) -> LeaseGrant | None:
+    def lease_work(
+        self, principal: Principal, hardware_class: str, slot: int, top_up: bool = True
+    ) -> LeaseGrant | None:
+        """The best unit for this volunteer. On an empty queue an inline core tops the queue up
+        and tries once more (`top_up`); with a decider the caller wakes it and asks again."""
         if hardware_class and hardware_class != principal.hardware_class:
             raise PermissionDeniedError(
                 f"volunteer registered as {principal.hardware_class!r} cannot lease for {hardware_class!r}"
             )
-        self.store.touch_principal(principal.principal_id)
-        granted = self.store.lease_unit(
+        granted = self.store.lease_unit(  # also marks the volunteer seen and the hypothesis leased
             principal.principal_id, principal.owner, principal.hardware_class, self.config.lease_duration_s, slot
         )
         if granted is None:
+            if self.delegate is not None or not top_up:
+                return None
             # Nothing queued for this class: let the policy top the queue up, then try once more.
             self.view.invalidate()
             self.plan()
@@ -223,8 +244,6 @@ class CoordinatorCore:
             if granted is None:
                 return None
         unit, lease = granted
-        if unit.hypothesis_id:
-            self._advance_state(unit.hypothesis_id, HypothesisState.QUEUED, HypothesisState.LEASED)
         payload = self._work_unit_bytes(unit, lease)
         return LeaseGrant(unit, lease, payload, self.signer.sign(payload), self.signer.key_id)
 
@@ -255,10 +274,17 @@ class CoordinatorCore:
             budget_s=self.config.budget_s,
             data_manifest_id=self.config.data_manifest_id,
             dataset_name=self.config.dataset,
-            tokenizer_hash=self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash,
+            tokenizer_hash=self.pinned_tokenizer_hash(),
             lease_duration_s=self.config.lease_duration_s,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
         )
+
+    def pinned_tokenizer_hash(self) -> str:
+        """The swarm's tokenizer: the operator's, or the first ok result's. Once pinned it never
+        changes, so it is read from the store only until then."""
+        if not self._pinned_tokenizer:
+            self._pinned_tokenizer = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
+        return self._pinned_tokenizer
 
     def heartbeat(self, principal: Principal, lease_id: str, step: int, fraction: float, loss: float) -> Lease:
         lease = self.store.extend_lease(
@@ -270,16 +296,14 @@ class CoordinatorCore:
         self.store.release_lease(lease_id, principal.principal_id, reason)
 
     def report(self, principal: Principal, lease_id: str, metrics: RunMetrics) -> ReportOutcome:
-        existing = self.store.result_for_lease(lease_id)
-        if existing is not None:
-            if existing.volunteer_id != principal.principal_id:
-                raise PermissionDeniedError("that lease belongs to another volunteer")
-            return ReportOutcome(existing, True, self._state_of(existing.hypothesis_id))
         lease = self.store.get_lease(lease_id)
         if lease.volunteer_id != principal.principal_id:
             raise PermissionDeniedError("that lease belongs to another volunteer")
+        existing = self.store.result_for_lease(lease_id) if lease.state != LeaseState.ACTIVE else None
+        if existing is not None:  # a repeated report: the first answer again, nothing re-checked
+            return ReportOutcome(existing, True, self._state_of(existing.hypothesis_id))
         self._check_pins(metrics)
-        unit = self.store.get_unit(lease.unit_id)
+        unit = self.store.get_unit(lease.unit_id, with_code=False)
         score = NormalizedScore()
         if metrics.status == RunStatus.OK:
             score = decisions.score_result(
@@ -290,9 +314,13 @@ class CoordinatorCore:
         )
         if duplicate:
             return ReportOutcome(record, True, self._state_of(record.hypothesis_id))
-        if metrics.status == RunStatus.OK and not self.store.get_meta(META_TOKENIZER_HASH) and metrics.tokenizer_hash:
+        if metrics.status == RunStatus.OK and not self.pinned_tokenizer_hash() and metrics.tokenizer_hash:
             self.store.compare_and_set_meta(META_TOKENIZER_HASH, None, metrics.tokenizer_hash)
-        self.after_result(record)
+            self._pinned_tokenizer = ""  # read the winner of the race next time
+        if self.delegate is not None:
+            self.delegate.wake()  # judged by the decider, from the store, after this answer
+        else:
+            self.after_result(record)
         return ReportOutcome(record, False, self._state_of(record.hypothesis_id))
 
     def _check_pins(self, metrics: RunMetrics) -> None:
@@ -303,7 +331,7 @@ class CoordinatorCore:
                 f"result was measured on data manifest {metrics.data_manifest_id!r}; "
                 f"this swarm pins {self.config.data_manifest_id!r}"
             )
-        pinned = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
+        pinned = self.pinned_tokenizer_hash()
         if pinned and metrics.tokenizer_hash != pinned:
             raise PreconditionError(
                 f"result was measured with tokenizer {metrics.tokenizer_hash!r}; this swarm pins {pinned!r}"
@@ -440,6 +468,7 @@ class CoordinatorCore:
                 delta_bpb_by_class=deltas,
             )
         )
+        self.view.forget_merges()
         self.store.update_hypothesis(
             hypothesis.hypothesis_id, state=HypothesisState.MERGED, merged_commit=commit,
             state_reason=f"merged as {commit[:10]}",
@@ -449,6 +478,7 @@ class CoordinatorCore:
         from coordinator.service.metrics import METRICS
 
         METRICS.merges.inc()
+        self.merges_done += 1
         log.info("merged %s as %s", hypothesis.hypothesis_id, commit[:10])
         self.plan()
 
@@ -470,6 +500,7 @@ class CoordinatorCore:
             merge.commit, reason, trailers={"Reverts": merge.commit, "Hypothesis-Id": merge.hypothesis_id}
         )
         self.store.mark_reverted(merge.commit, revert_commit, reason)
+        self.view.forget_merges()
         try:
             self.store.update_hypothesis(merge.hypothesis_id, state=HypothesisState.REVERTED, state_reason=reason[:200])
         except NotFoundError:
@@ -479,6 +510,7 @@ class CoordinatorCore:
         from coordinator.service.metrics import METRICS
 
         METRICS.reverts.inc()
+        self.reverts_done += 1
         self.plan()
 
     def _branch_moved(self, head: str) -> None:
@@ -684,6 +716,9 @@ class CoordinatorCore:
                 touched_classes=touched,
             )
         )
+        if self.delegate is not None:
+            self.delegate.wake()  # the decider schedules its first run
+            return hypothesis
         with self._lock:
             request = decisions.candidate_request(self.view, hypothesis, self.settings)
             if request is not None:
@@ -704,20 +739,36 @@ class CoordinatorCore:
 
     def revoke_owner(self, owner: str, reason: str) -> tuple[list[str], int]:
         revoked, discounted = self.store.revoke_owner(owner, reason)
-        self._rejudge_open()
+        self.store.set_meta(META_REVOCATION_EPOCH, new_id("epoch"))  # other processes' caches are stale
+        self.rejudge_open()
         return revoked, discounted
 
     def revoke_volunteer(self, volunteer_id: str, reason: str) -> int:
         discounted = self.store.revoke_principal(volunteer_id, reason)
-        self._rejudge_open()
+        self.store.set_meta(META_REVOCATION_EPOCH, new_id("epoch"))  # other processes' caches are stale
+        self.rejudge_open()
         return discounted
 
-    def _rejudge_open(self) -> None:
+    def rejudge_open(self) -> None:
+        """Judge every open hypothesis again (results stopped counting)."""
         self.view.forget_results()
         self._last_sweep_key = None
+        if self.delegate is not None:
+            self.delegate.wake("rejudge")
+            return
         with self._lock:
             for judgement in decisions.sweep(self.view, self.settings):
                 self._apply(judgement)
+
+    def undecided_results(self, limit: int = 10_000) -> int:
+        """Results reported but not judged yet (always 0 when decisions run inline)."""
+        if self.delegate is None:
+            return 0
+        from coordinator.service.decider import META_CURSOR
+        from coordinator.store.types import ResultFilter
+
+        cursor = self.store.get_meta(META_CURSOR) or ""
+        return len(self.store.list_results(ResultFilter(), limit=limit, after=cursor))
 
     def expire(self) -> list[Lease]:
         return self.store.expire_leases()

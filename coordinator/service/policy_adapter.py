@@ -25,16 +25,28 @@ from coordinator.store.types import (
 )
 
 ONLINE_WINDOW_S = 900.0
+MERGES_MAX_AGE_S = 2.0
 PRINCIPAL_SNAPSHOT_TTL_S = 1.0  # volunteers change rarely; reading them per decision is wasteful
 
 
 class StoreView:
     """Implements PolicyView over a Store and the GlobalBranch. Reads only."""
 
-    def __init__(self, store: Store, branch: GlobalBranch, online_window_s: float = ONLINE_WINDOW_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        branch: GlobalBranch,
+        online_window_s: float = ONLINE_WINDOW_S,
+        results_max_age_s: float = 0.0,
+    ) -> None:
         self.store = store
         self.branch = branch
         self.online_window_s = online_window_s
+        # 0: every read of a class's results asks the store for newer ones (deciding needs that).
+        # The serving process only scores reports with them and may reuse a read this long.
+        self.results_max_age_s = results_max_age_s
+        self._class_results_read_at: dict[str, float] = {}
+        self._merges: tuple[str, float, list[MergeRecord]] = ("", 0.0, [])  # (head, when read, merges)
         self._principals_at = 0.0
         self._principals: list = []
         self._snapshot = threading.local()  # pending units during one policy pass, per thread
@@ -59,15 +71,20 @@ class StoreView:
         """Results stopped counting (a revocation): read the class caches again."""
         with self._class_results_lock:
             self._class_results.clear()
+            self._class_results_read_at.clear()
 
     def _results_of_class(self, hardware_class: str) -> list[ResultRecord]:
         """Every counting result of a class. Results are append-only (only a revocation changes
         `counts`, and it calls forget_results), so only rows newer than the last seen are read."""
         with self._class_results_lock:
             cached = self._class_results.setdefault(hardware_class, [])
+            now = time.monotonic()
+            if self.results_max_age_s and now - self._class_results_read_at.get(hardware_class, -1e9) < self.results_max_age_s:
+                return list(cached)
             result_filter = ResultFilter(hardware_class=hardware_class, counting_only=True)
             after = cached[-1].result_id if cached else ""
             cached.extend(_slim(r) for r in read_all_results(self.store, result_filter, after))
+            self._class_results_read_at[hardware_class] = now
             return list(cached)
 
     def _volunteers(self) -> list:
@@ -76,6 +93,10 @@ class StoreView:
             self._principals = self.store.list_principals(role=Role.VOLUNTEER)
             self._principals_at = now
         return self._principals
+
+    def forget_merges(self) -> None:
+        """A merge record was written or marked reverted here."""
+        self._merges = ("", 0.0, [])
 
     def invalidate(self) -> None:
         """Forget the volunteer snapshot (a volunteer registered or came back)."""
@@ -132,7 +153,13 @@ class StoreView:
         return set(_pinned(self.branch.read_file(self.head_commit(), "profiles.json"), hardware_class))
 
     def merge_for(self, commit: str) -> MergeRecord | None:
-        for merge in self.store.list_merges(limit=1000):
+        # Merges and reverts both move the head, so a list read at the current head is current,
+        # unless it was read between the ref update and the merge record (forget_merges, and a
+        # short age limit for the merges another process makes).
+        head, now = self.branch.head(), time.monotonic()
+        if self._merges[0] != head or now - self._merges[1] > MERGES_MAX_AGE_S:
+            self._merges = (head, now, self.store.list_merges(limit=1000))
+        for merge in self._merges[2]:
             if merge.commit == commit:
                 return merge
         return None

@@ -185,6 +185,7 @@ def swarm_status(core: CoordinatorCore) -> pb.GetSwarmStatusResponse:
         classes=class_rows,
         recent_merges=[convert.merge_to_pb(m) for m in core.store.list_merges(limit=10)],
         settings=core.settings_pb(),
+        undecided_results=core.undecided_results(),
     )
 
 

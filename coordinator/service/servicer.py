@@ -27,6 +27,7 @@ from coordinator.service.auth import (
     new_token,
 )
 from coordinator.service.core import CoordinatorCore
+from coordinator.service.decider import COMMAND_TOP_UP, DeciderHandle
 from coordinator.service.errors import status_for
 from coordinator.service.metrics import METRICS
 from coordinator.store.errors import InvalidValueError
@@ -36,6 +37,7 @@ log = logging.getLogger("autoswarm.coordinator.rpc")
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
+LEASE_TOP_UP_WAIT_S = 5.0  # how long a lease on an empty queue waits for the decider's top-up
 
 
 class Blocking:
@@ -104,8 +106,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         cache: PrincipalCache,
         classify: Callable,
         decide: Blocking | None = None,
+        decider: DeciderHandle | None = None,
     ) -> None:
         self.core = core
+        self.decider = decider  # the decision process, when decisions do not run inline
         self.run = run
         # Calls that queue on the core's decision lock (judging a report, admitting a hypothesis)
         # get their own pool, so a burst of them, or a long policy pass, never takes every worker
@@ -171,6 +175,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         grant = await _call(
             context, self.run, "LeaseWork", self.core.lease_work, principal, request.hardware_class, request.slot
         )
+        if grant is None and self.decider is not None:
+            # Nothing queued for this class: wake the decider, wait for its pass on the event loop
+            # (no worker held), then try once more.
+            sequence = self.decider.wake(COMMAND_TOP_UP)
+            if await self.decider.wait_for_pass_async(sequence, LEASE_TOP_UP_WAIT_S):
+                grant = await _call(
+                    context, self.run, "LeaseWork", self.core.lease_work, principal, request.hardware_class,
+                    request.slot,
+                )
         if grant is None:
             METRICS.lease_misses.inc()
             return pb.LeaseWorkResponse(retry_after_s=min(30.0, max(2.0, self.core.config.budget_s / 10)))

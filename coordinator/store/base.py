@@ -202,7 +202,8 @@ class Store(abc.ABC):
         """Store a new queued unit (id given by the caller; created_s set by the store)."""
 
     @abc.abstractmethod
-    def get_unit(self, unit_id: str) -> WorkUnit: ...
+    def get_unit(self, unit_id: str, with_code: bool = True) -> WorkUnit:
+        """One unit; `with_code=False` leaves train_py and profiles_json empty (no blob reads)."""
 
     @abc.abstractmethod
     def list_units(
@@ -229,7 +230,8 @@ class Store(abc.ABC):
         """Atomically expire stale leases, then lease the first eligible queued unit of the class
         (kind rank, then priority high to low, then oldest), or return None. The volunteer must be
         a known (NotFoundError), unrevoked volunteer-role principal (PermissionDeniedError) whose
-        owner is `owner` (InvalidValueError)."""
+        owner is `owner` (InvalidValueError). In the same transaction the volunteer is marked seen
+        (`last_seen_s`, leased or not) and the unit's hypothesis, if `queued`, becomes `leased`."""
 
     @abc.abstractmethod
     def get_lease(self, lease_id: str) -> Lease: ...
@@ -646,11 +648,15 @@ def unit_code_hashes(row: Mapping[str, object]) -> set[str]:
     }
 
 
-def unit_from_row(row: Mapping[str, object], blobs: Mapping[str, str]) -> WorkUnit:
-    """A unit with its full code: inline text when the row has it, else its blobs' text."""
+def unit_from_row(row: Mapping[str, object], blobs: Mapping[str, str], with_code: bool = True) -> WorkUnit:
+    """A unit with its full code: inline text when the row has it, else its blobs' text (or, with
+    `with_code=False`, empty code)."""
     values = dict(row)
     for field, hash_field in UNIT_CODE_HASH_FIELDS.items():
         if values.get(field) is not None:
+            continue
+        if not with_code:
+            values[field] = ""
             continue
         digest = values.get(hash_field)
         if not isinstance(digest, str) or digest not in blobs:

@@ -394,6 +394,7 @@ if v.revoked == '1' then fail('PermissionDenied', 'volunteer ' .. vid .. ' is re
 if v.role ~= 'volunteer' then fail('PermissionDenied', 'principal ' .. vid .. ' is a ' .. v.role .. ', not a volunteer') end
 if v.owner ~= owner then fail('InvalidValue', 'volunteer ' .. vid .. ' belongs to another owner') end
 local t = now_s()
+redis.call('HSET', key_principal(vid), 'last_seen_s', fmt(t))
 expire_due(t)
 local function listed(json_list, value)
   for _, item in ipairs(cjson.decode(json_list)) do if item == value then return true end end
@@ -420,6 +421,16 @@ for rank = 0, 2 do
           'ended_s', '0', 'end_reason', '', 'seq', seq)
         redis.call('ZADD', KEY_LEASES, seq, lease_id)
         redis.call('ZADD', KEY_LEASES_ACTIVE, fmt(deadline), lease_id)
+        local hid = unit.hypothesis_id or ''
+        if hid ~= '' then
+          local hkey = key_hypothesis(hid)
+          local h = redis.call('HMGET', hkey, 'state', 'seq')
+          if h[1] == 'queued' then
+            redis.call('ZREM', key_hypotheses_by_state('queued'), hid)
+            redis.call('ZADD', key_hypotheses_by_state('leased'), h[2], hid)
+            redis.call('HSET', hkey, 'state', 'leased', 'updated_s', fmt(t))
+          end
+        end
         return {redis.call('HGETALL', key_unit(uid)), redis.call('HGETALL', key_lease(lease_id))}
       end
     end
@@ -845,10 +856,12 @@ class RedisStore(Store):
         flat = self._run("enqueue_unit", len(blobs), *_pairs(blobs), *_pairs(row))
         return self._units([_as_dict(flat)], known=blobs)[0]
 
-    def get_unit(self, unit_id: str) -> WorkUnit:
+    def get_unit(self, unit_id: str, with_code: bool = True) -> WorkUnit:
         flat = self._redis.hgetall(self.keys.key(keys.UNIT, unit_id))
         if not flat:
             raise NotFoundError(f"unknown unit {unit_id!r}")
+        if not with_code:
+            return unit_from_row(flat, {}, with_code=False)
         return self._units([flat])[0]
 
     def code_storage(self) -> CodeStorage:

@@ -592,8 +592,10 @@ class SqliteStore(Store):
             _insert(conn, "units", {**row, "kind_rank": UNIT_KIND_RANK[unit.kind]})
         return stored
 
-    def get_unit(self, unit_id: str) -> WorkUnit:
+    def get_unit(self, unit_id: str, with_code: bool = True) -> WorkUnit:
         with self._transaction(write=False) as conn:
+            if not with_code:
+                return unit_from_row(self._unit_row(conn, unit_id), {}, with_code=False)
             return self._unit(conn, unit_id)
 
     def _unit(self, conn: sqlite3.Connection, unit_id: str) -> WorkUnit:
@@ -672,6 +674,7 @@ class SqliteStore(Store):
             volunteer = self._principal(conn, volunteer_id)
             _check_may_lease(volunteer, owner)
             now = self.now()
+            conn.execute("UPDATE principals SET last_seen_s = ? WHERE principal_id = ?", (now, volunteer_id))
             self._expire(conn, now)
             row = conn.execute(
                 """SELECT * FROM units
@@ -698,6 +701,11 @@ class SqliteStore(Store):
                 heartbeat_s=now,
             )
             _insert(conn, "leases", record_to_row(lease))
+            if row["hypothesis_id"]:
+                conn.execute(
+                    "UPDATE hypotheses SET state = 'leased', updated_s = ? WHERE hypothesis_id = ? AND state = 'queued'",
+                    (now, row["hypothesis_id"]),
+                )
             return self._unit(conn, row["unit_id"]), lease
 
     def get_lease(self, lease_id: str) -> Lease:

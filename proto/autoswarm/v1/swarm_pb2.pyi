@@ -655,7 +655,7 @@ class ClassStatus(_message.Message):
     def __init__(self, hardware_class: _Optional[str] = ..., volunteers_online: _Optional[int] = ..., units_in_flight: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., class_sigma: _Optional[float] = ..., baseline_samples: _Optional[int] = ...) -> None: ...
 
 class GetSwarmStatusResponse(_message.Message):
-    __slots__ = ("head_commit", "queue_depth", "units_in_flight", "volunteers_online", "classes", "recent_merges", "settings")
+    __slots__ = ("head_commit", "queue_depth", "units_in_flight", "volunteers_online", "classes", "recent_merges", "settings", "undecided_results")
     HEAD_COMMIT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     UNITS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -663,6 +663,7 @@ class GetSwarmStatusResponse(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     RECENT_MERGES_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    UNDECIDED_RESULTS_FIELD_NUMBER: _ClassVar[int]
     head_commit: str
     queue_depth: int
     units_in_flight: int
@@ -670,7 +671,8 @@ class GetSwarmStatusResponse(_message.Message):
     classes: _containers.RepeatedCompositeFieldContainer[ClassStatus]
     recent_merges: _containers.RepeatedCompositeFieldContainer[MergeRecord]
     settings: SwarmSettings
-    def __init__(self, head_commit: _Optional[str] = ..., queue_depth: _Optional[int] = ..., units_in_flight: _Optional[int] = ..., volunteers_online: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassStatus, _Mapping]]] = ..., recent_merges: _Optional[_Iterable[_Union[MergeRecord, _Mapping]]] = ..., settings: _Optional[_Union[SwarmSettings, _Mapping]] = ...) -> None: ...
+    undecided_results: int
+    def __init__(self, head_commit: _Optional[str] = ..., queue_depth: _Optional[int] = ..., units_in_flight: _Optional[int] = ..., volunteers_online: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassStatus, _Mapping]]] = ..., recent_merges: _Optional[_Iterable[_Union[MergeRecord, _Mapping]]] = ..., settings: _Optional[_Union[SwarmSettings, _Mapping]] = ..., undecided_results: _Optional[int] = ...) -> None: ...
 
 class GetHistoryRequest(_message.Message):
     __slots__ = ("limit",)

@@ -1,0 +1,130 @@
+"""The decision process beside the serving process (coordinator/service/decider.py).
+
+Real processes throughout: a `coordinator serve` process, its decider child, scripted volunteers
+over gRPC. Reports are acknowledged before they are judged; these tests show that nothing
+acknowledged goes unjudged when the decider is killed, that a killed server leaves no decider
+behind, and that the decider resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from coordinator_proc import ScriptedVolunteer, coordinator_process, run_swarm
+
+from autoswarm.v1 import swarm_pb2 as pb
+from coordinator.service import decider as decider_mod
+
+pytestmark = pytest.mark.slow
+
+POLICY = {"prior_sigma": 0.001}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _decider_pid(data_dir: Path) -> int:
+    return int(json.loads((data_dir / "coordinator.json").read_text())["decider_pid"])
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [child.pid for child in psutil.Process(pid).children() if child.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_killed_decider_is_restarted_and_judges_what_was_acknowledged_meanwhile(tmp_path):
+    proc = coordinator_process(tmp_path / "c", policy=POLICY).start()
+    try:
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob")]
+        first = _decider_pid(proc.data_dir)
+        assert _alive(first) and first in _children(proc.proc.pid)
+        unit = volunteers[0].lease()  # a baseline, planned by the decider
+        assert unit is not None and unit.kind == pb.UNIT_KIND_BASELINE
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: not _alive(first), 10)
+        # Acknowledged while nobody decides: stored, not yet judged.
+        response = volunteers[0].report(unit, 1.0)
+        assert response.result_id
+        # The server notices within its maintenance interval and starts a new decider, which
+        # judges from its cursor: the result counts towards the class's baseline.
+        assert _wait(lambda: [p for p in _children(proc.proc.pid) if p != first] != [], 20)
+        proc.settle(timeout_s=20)
+        with proc.admin() as admin:
+            classes = {c.hardware_class: c for c in admin.status().classes}
+        assert classes["cpu"].baseline_samples >= 1
+        assert "restarting it" in proc.log()
+        # And it keeps deciding: the swarm goes on leasing planned work.
+        assert run_swarm(volunteers, lambda constants, hardware_class: 1.0, max_rounds=2) > 0
+    finally:
+        proc.stop()
+
+
+def test_killed_server_leaves_no_decider_behind(tmp_path):
+    proc = coordinator_process(tmp_path / "c", policy=POLICY).start()
+    decider_pid = _decider_pid(proc.data_dir)
+    assert _alive(decider_pid)
+    proc.kill9()
+    assert _wait(lambda: not _alive(decider_pid), 15), "the decider outlived its server"
+    # A restart on the same data dir gets a fresh decider (the lock was released with the process).
+    proc.start()
+    try:
+        second = _decider_pid(proc.data_dir)
+        assert second != decider_pid and _alive(second)
+        (volunteer,) = [ScriptedVolunteer(proc, owner="alice").register()]
+        assert volunteer.lease() is not None
+    finally:
+        proc.stop()
+    assert _wait(lambda: not _alive(second), 15)  # a clean stop takes the decider with it
+
+
+def test_graceful_stop_leaves_every_result_judged(tmp_path):
+    proc = coordinator_process(tmp_path / "c", policy=POLICY).start()
+    try:
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol")]
+        runs = run_swarm(volunteers, lambda constants, hardware_class: 1.0, max_rounds=3)
+        assert runs >= 3
+        proc.settle()
+        with proc.admin() as admin:
+            assert admin.status().undecided_results == 0
+            results = len(admin.results())
+        assert results == runs
+    finally:
+        proc.stop()
+
+
+def test_commands_are_read_whole_and_coalesced():
+    read_fd, write_fd = os.pipe()
+    buffer = bytearray()
+    os.write(write_fd, b"wake 3\ntopup 4\nrejudge 5\nwa")
+    highest, commands, closed = decider_mod._read_commands(read_fd, 1.0, buffer)
+    assert (highest, commands, closed) == (5, {"wake", "topup", "rejudge"}, False)
+    assert bytes(buffer) == b"wa"  # a partial line waits for the rest
+    os.write(write_fd, b"ke 9\n")
+    assert decider_mod._read_commands(read_fd, 1.0, buffer)[:2] == (9, {"wake"})
+    assert decider_mod._read_commands(read_fd, 0.05, buffer) == (0, set(), False)  # nothing: timeout
+    os.close(write_fd)
+    assert decider_mod._read_commands(read_fd, 1.0, buffer)[2] is True
+    os.close(read_fd)
