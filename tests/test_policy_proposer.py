@@ -39,14 +39,24 @@ HEAD = dict(START_CONSTANTS)
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("0.04", 0.04), ("2**19", 524288), ("(0.8, 0.95)", (0.8, 0.95)), ('"SSSL"', "SSSL"), ("-3", -3),
-     ("True", True), ("64 * 2", 128), ("1e-3", 0.001)],
+    [
+        ("0.04", 0.04),
+        ("2**19", 524288),
+        ("(0.8, 0.95)", (0.8, 0.95)),
+        ('"SSSL"', "SSSL"),
+        ("-3", -3),
+        ("True", True),
+        ("64 * 2", 128),
+        ("1e-3", 0.001),
+    ],
 )
 def test_parse_literal(text, value):
     assert parse_literal(text) == value
 
 
-@pytest.mark.parametrize("text", ["os.system('x')", "f(1)", "[x for x in y]", "2**1000", "1/0", "", '"a" * 3'])
+@pytest.mark.parametrize(
+    "text", ["os.system('x')", "f(1)", "[x for x in y]", "2**1000", "1/0", "", '"a" * 3']
+)
 def test_parse_literal_refuses_anything_else(text):
     with pytest.raises(LiteralError):
         parse_literal(text)
@@ -82,7 +92,9 @@ def test_keys_identify_a_change_on_a_base():
 
 
 def test_settings_from_dict_and_json():
-    s = AcceptanceSettings.from_dict({"confirm_z": 3.5, "min_owners": 3, "prior_sigma_by_class": {"cpu": 0.05}})
+    s = AcceptanceSettings.from_dict(
+        {"confirm_z": 3.5, "min_owners": 3, "prior_sigma_by_class": {"cpu": 0.05}}
+    )
     assert s.confirm_z == 3.5 and s.min_owners == 3 and s.prior_sigma_for("cpu") == 0.05
     assert s.prior_sigma_for("h100-80g") == s.prior_sigma
     assert AcceptanceSettings.from_json(json.dumps(s.to_dict())) == s
@@ -91,9 +103,22 @@ def test_settings_from_dict_and_json():
 
 @pytest.mark.parametrize(
     "values",
-    [{"confirm_zz": 3}, {"confirm_z": "3"}, {"min_owners": 1.5}, {"confirm_z": -1.0}, {"min_owners": 0},
-     {"discard_z": 2.0, "promising_z": 1.0}, {"revert_enabled": 1}, {"max_samples": 1},
-     {"prior_sigma_by_class": {"cpu": "x"}}, {"confirm_z": float("inf")}],
+    [
+        {"confirm_zz": 3},
+        {"confirm_z": "3"},
+        {"min_owners": 1.5},
+        {"confirm_z": -1.0},
+        {"min_owners": 0},
+        {"discard_z": 2.0, "promising_z": 1.0},
+        {"revert_enabled": 1},
+        {"max_samples": 1},
+        {"prior_sigma_by_class": {"cpu": "x"}},
+        {"confirm_z": float("inf")},
+        {"fdr_alpha": 1.0},
+        {"fdr_alpha": -0.1},
+        {"fdr_noise_factor": 0.0},
+        {"fdr_window": 0},
+    ],
 )
 def test_bad_settings_are_refused(values):
     with pytest.raises(SettingsError):
@@ -187,7 +212,9 @@ def test_runs_out_of_single_moves_then_tries_finer_steps_and_pairs():
     proposer = Proposer(ProposerSettings(max_in_flight_per_constant=99), seed=0)
     first = proposer.propose(HEAD, [], 1000, frozen={"DEVICE_BATCH_SIZE"})
     history = [
-        MeasuredChange(tuple((n, HEAD[n], v) for n, v in p.constant_changes.items()), 0.5, 1, "rejected", p.key)
+        MeasuredChange(
+            tuple((n, HEAD[n], v) for n, v in p.constant_changes.items()), 0.5, 1, "rejected", p.key
+        )
         for p in first
     ]
     more = proposer.propose(HEAD, history, 50, frozen={"DEVICE_BATCH_SIZE"})
@@ -207,11 +234,24 @@ def test_learns_which_direction_helps():
     head = {**HEAD, "MATRIX_LR": 0.05}
     history = [
         MeasuredChange(((name, before, after),), -3.0, 1, "rejected")
-        for name, before, after in (("DEPTH", 8, 9), ("DEPTH", 8, 7), ("SCALAR_LR", 0.5, 0.4),
-                                    ("SCALAR_LR", 0.5, 0.625), ("HEAD_DIM", 128, 96), ("WEIGHT_DECAY", 0.2, 0.25))
+        for name, before, after in (
+            ("DEPTH", 8, 9),
+            ("DEPTH", 8, 7),
+            ("SCALAR_LR", 0.5, 0.4),
+            ("SCALAR_LR", 0.5, 0.625),
+            ("HEAD_DIM", 128, 96),
+            ("WEIGHT_DECAY", 0.2, 0.25),
+        )
     ]
-    for before, after, effect in ((0.032, 0.04, 5.0), (0.04, 0.05, 4.0), (0.05, 0.04, -4.0), (0.04, 0.032, -5.0)):
-        history.append(MeasuredChange((("MATRIX_LR", before, after),), effect, 2, "merged" if effect > 0 else "rejected"))
+    for before, after, effect in (
+        (0.032, 0.04, 5.0),
+        (0.04, 0.05, 4.0),
+        (0.05, 0.04, -4.0),
+        (0.04, 0.032, -5.0),
+    ):
+        history.append(
+            MeasuredChange((("MATRIX_LR", before, after),), effect, 2, "merged" if effect > 0 else "rejected")
+        )
     up = down = untried = 0
     for seed in range(100):
         top = Proposer(seed=seed).propose(head, history, 3)
