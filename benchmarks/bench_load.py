@@ -30,6 +30,7 @@ import array
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import multiprocessing
 import os
@@ -78,7 +79,11 @@ TOKENIZER_HASH = "tok-loadbench"
 # ---------------------------------------------------------------------------------------------
 # Harness defaults (may be changed on the command line)
 # ---------------------------------------------------------------------------------------------
-LOAD_PROCESSES = 2  # one per core; each is an asyncio loop with one channel
+LOAD_PROCESSES = 2  # one per core; each is an asyncio loop with CHANNELS connections
+# Connections per load process. Real volunteers each hold their own; several per process let a
+# server with several serving processes (SO_REUSEPORT spreads connections, not calls) see
+# its load spread as a real swarm's would be.
+CHANNELS = 8
 CONCURRENCY = 32  # closed-loop calls in flight per load process
 VOLUNTEERS = 2000  # registered volunteers; each calls about every VOLUNTEERS / rate seconds
 VOLUNTEERS_PER_OWNER = 4
@@ -93,12 +98,12 @@ GRPC_SUBMITS = 3  # hypotheses submitted over gRPC by a proposer token (timed, n
 
 # Written as sitecustomize.py on the coordinator's PYTHONPATH by --profile-dir. Two profilers, both
 # rewriting their files every second so nothing depends on a clean exit:
-#   stacks.txt: every thread's stack every few ms (wall clock, so waits on locks and fsync show);
+#   stacks-PID.txt: every thread's stack every few ms (wall clock, so waits on locks and fsync show);
 #               collapsed form, "thread;outer;...;inner count";
-#   thread-N.prof: cProfile of each thread (the event loop and the core's workers), for pstats.
+#   thread-PID-N.prof: cProfile of each thread (the event loop and the core's workers), for pstats.
 PROFILE_HOOK = """
 import collections, os, sys, threading, time
-_out = os.path.join(os.environ["LOADBENCH_PROFILE_DIR"], "stacks.txt")
+_out = os.path.join(os.environ["LOADBENCH_PROFILE_DIR"], f"stacks-{os.getpid()}.txt")  # server and decider
 _interval_s = float(os.environ.get("LOADBENCH_PROFILE_INTERVAL_S", "0.005"))
 def _sample():
     counts = collections.Counter()
@@ -128,7 +133,7 @@ def _dump_profiles():
         time.sleep(1.0)
         for index, profile in enumerate(list(_profiles)):
             profile.snapshot_stats()
-            with open(os.path.join(os.path.dirname(_out), f"thread-{index}.prof"), "wb") as handle:
+            with open(os.path.join(os.path.dirname(_out), f"thread-{os.getpid()}-{index}.prof"), "wb") as handle:
                 marshal.dump(profile.stats, handle)
 def _start_profile():
     profile = cProfile.Profile()
@@ -266,6 +271,7 @@ def start_redis(directory: Path) -> ChildServer:
 @dataclass
 class SimVolunteer:
     metadata: tuple[tuple[str, str], ...]
+    stub: Any = None  # its connection (volunteers are spread over the process's channels)
     lease_id: str = ""
     manifest_id: str = ""
     budget_s: float = RUN_PERIOD_S
@@ -309,10 +315,18 @@ class LoadProcess:
         self.idle: deque[SimVolunteer] = deque()
 
     async def serve(self) -> None:
-        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-        async with grpc.aio.insecure_channel(self.address, options=options) as channel:
-            self.stub = pb_grpc.CoordinatorStub(channel)
-            self.health = health_pb2_grpc.HealthStub(channel)
+        options = [
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per channel
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            channels = [
+                await stack.enter_async_context(grpc.aio.insecure_channel(self.address, options=options))
+                for _ in range(CHANNELS)
+            ]
+            self.stubs = [pb_grpc.CoordinatorStub(channel) for channel in channels]
+            self.healths = itertools.cycle([health_pb2_grpc.HealthStub(channel) for channel in channels])
+            self.stub = self.stubs[0]
             loop = asyncio.get_running_loop()
             while True:
                 command, payload = await loop.run_in_executor(None, self.conn.recv)
@@ -340,7 +354,9 @@ class LoadProcess:
             )
             async with gate:
                 response = await self.stub.RegisterVolunteer(request, timeout=60)
-            self.idle.append(SimVolunteer((("authorization", f"Bearer {response.token}"),)))
+            self.idle.append(
+                SimVolunteer((("authorization", f"Bearer {response.token}"),), self.stubs[index % len(self.stubs)])
+            )
 
         await asyncio.gather(*(one(i) for i in range(first, first + count)))
         self.rng.shuffle(self.idle)
@@ -368,7 +384,7 @@ class LoadProcess:
     async def call(self, volunteer: SimVolunteer | None) -> str:
         """One RPC (a health Check without a volunteer); returns the method label it measured."""
         if volunteer is None:
-            await self.health.Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT_S)
+            await next(self.healths).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT_S)
             return "Check"
         try:
             return await self.mix_call(volunteer)
@@ -378,7 +394,7 @@ class LoadProcess:
     async def mix_call(self, v: SimVolunteer) -> str:
         """The volunteer's next step: lease when idle, heartbeat while running, report at the end."""
         if not v.lease_id:
-            response = await self.stub.LeaseWork(
+            response = await v.stub.LeaseWork(
                 pb.LeaseWorkRequest(hardware_class=HARDWARE_CLASS), metadata=v.metadata, timeout=RPC_TIMEOUT_S
             )
             if not response.HasField("unit"):
@@ -394,7 +410,7 @@ class LoadProcess:
                     step=v.heartbeats * 10, fraction_of_budget=v.heartbeats / (HEARTBEATS_PER_RUN + 1),
                     loss=4.0 - 0.3 * v.heartbeats,
                 )
-                await self.stub.ExtendLease(
+                await v.stub.ExtendLease(
                     pb.ExtendLeaseRequest(lease_id=v.lease_id, progress=progress), metadata=v.metadata,
                     timeout=RPC_TIMEOUT_S,
                 )
@@ -406,7 +422,7 @@ class LoadProcess:
                 peak_memory_mb=1200.0, num_params_m=11.5,
             )
             lease_id, v.lease_id = v.lease_id, ""
-            await self.stub.ReportResult(
+            await v.stub.ReportResult(
                 pb.ReportResultRequest(lease_id=lease_id, result=result), metadata=v.metadata, timeout=RPC_TIMEOUT_S
             )
             return "ReportResult"
@@ -885,6 +901,11 @@ def run_coordinator(args: argparse.Namespace, scratch: Path, store: str, baselin
         setup["prime_s"] = round(time.perf_counter() - started, 1)
         print(f"{store}: {setup}", flush=True)
         pids = {"coordinator": coordinator.proc.pid}  # type: ignore[union-attr]
+        ready = json.loads((data_dir / "coordinator.json").read_text())
+        for index, pid in enumerate(ready.get("serving_pids", [])[1:], start=2):
+            pids[f"serving-{index}"] = pid
+        if ready.get("decider_pid"):
+            pids["decider"] = ready["decider_pid"]  # nice +10: it gets what the RPCs leave
         if redis_server is not None:
             pids["redis"] = redis_server.pid
         meter = CpuMeter(pids)

@@ -10,10 +10,13 @@ store and branch, then serves until SIGINT/SIGTERM, finishing in-flight RPCs bef
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,8 +30,8 @@ from autoswarm.v1 import swarm_pb2_grpc as pb_grpc
 from coordinator.branch import GlobalBranch
 from coordinator.ops import BranchMirror
 from coordinator.service.auth import AuthInterceptor, PrincipalCache, hash_token, new_token
-from coordinator.service.core import CoordinatorCore, SwarmConfig
-from coordinator.service.decider import DeciderHandle, decider_command
+from coordinator.service.core import META_REVOCATION_EPOCH, CoordinatorCore, SwarmConfig
+from coordinator.service.decider import DeciderLink, DeciderProcess, decider_command
 from coordinator.service.servicer import AdminServicer, Blocking, CoordinatorServicer
 from coordinator.service.signing import SigningKeys
 from coordinator.store.base import Store, open_store
@@ -40,12 +43,13 @@ ADMIN_TOKEN_FILE = "admin.token"
 BRANCH_DIR = "branch.git"
 READY_FILE = "coordinator.json"  # written once serving: {"address": ..., "pid": ...}
 MAINTENANCE_INTERVAL_S = 5.0  # lease expiry and queue top-up
+RPC_WORKERS = 8
 DECISION_WORKERS = 4  # they serialize on the core's lock: a few are enough to keep it busy
 GIL_SWITCH_INTERVAL_S = 0.0005
 PLAN_DUTY_FACTOR = 4.0  # a policy pass waits at least this many times its own duration before the next
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
-SCORE_RESULTS_MAX_AGE_S = 1.0
+REVOCATION_POLL_S = 1.0  # how soon a secondary serving process sees a revocation made elsewhere
 
 
 @dataclass
@@ -63,6 +67,11 @@ class ServerOptions:
     # "inline": in this process's worker threads (simpler, for small swarms and debugging).
     decisions: str = "process"
     log_json: bool = False
+    # Serving processes sharing the port (SO_REUSEPORT, Linux): each has its own GIL. The first
+    # (primary) reconciles, runs the decider, expires leases and serves metrics; the others only
+    # answer RPCs. Needs decisions="process".
+    serving_processes: int = 1
+    secondary: bool = False  # set on the processes the primary starts
 
 
 def initial_branch_files() -> dict[str, str]:
@@ -74,12 +83,19 @@ def initial_branch_files() -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_profiles() -> Any:
+    from trainer.profiles import load_profiles
+
+    return load_profiles()  # parsed once, not once per registration
+
+
 def classify_fingerprint(hardware: dict[str, Any], requested_class: str) -> str:
     """Class of a volunteer from its fingerprint; a requested class must exist and fit the device type."""
     from trainer.hardware import DeviceInfo, classify
-    from trainer.profiles import DeviceType, load_profiles
+    from trainer.profiles import DeviceType
 
-    profiles = load_profiles()
+    profiles = _shipped_profiles()
     device_type = DeviceType(hardware.get("device_type") or "cpu")
     if requested_class and requested_class != "auto":
         if requested_class not in profiles:
@@ -130,21 +146,29 @@ class CoordinatorServer:
         if options.mirror_url:
             self.mirror = BranchMirror(self.branch, options.mirror_url)
             self.core.on_branch_moved = self.mirror.request
-        ensure_admin_token(self.store, data_dir)
+        if not options.secondary:
+            ensure_admin_token(self.store, data_dir)
         if options.decisions not in ("process", "inline"):
             raise ValueError(f"decisions must be 'process' or 'inline', not {options.decisions!r}")
-        self.decider: DeciderHandle | None = None
+        if options.serving_processes < 1 or (options.serving_processes > 1 and options.decisions != "process"):
+            raise ValueError("several serving processes need decisions in their own process (--decisions process)")
+        self.decider: DeciderLink | None = None
+        self.decider_process: DeciderProcess | None = None
         if options.decisions == "process":
-            self.decider = DeciderHandle(
-                decider_command(store_url, data_dir, options.branch_name, swarm, options.log_json),
-                on_counts=_count_decisions,
-            )
+            self.decider = DeciderLink(data_dir)
             self.core.delegate = self.decider
-            # This process no longer decides: it scores reports, for which a class's results
-            # read a moment ago are as good as fresh ones.
-            self.core.view.results_max_age_s = SCORE_RESULTS_MAX_AGE_S
+            if not options.secondary:
+                self.decider_process = DeciderProcess(
+                    decider_command(store_url, data_dir, options.branch_name, swarm, options.log_json)
+                )
+        self.secondaries: list[subprocess.Popen[bytes]] = []
+        self._counted = (0, 0)  # merges and reverts the decider had made at the last look
+        self._revocation_epoch = ""
         self._mirrored_head = ""
-        self.run_blocking = Blocking()
+        # Store calls are mostly client-side Python (redis-py) under one GIL: a few threads
+        # overlap the round trips; many more only contend (measured: 4-8 threads serve the most
+        # lease extensions per second, 48 a third fewer at 6x the latency).
+        self.run_blocking = Blocking(RPC_WORKERS)
         self.run_decisions = Blocking(DECISION_WORKERS, name="decide")  # calls that take the core's lock
         self.cache = PrincipalCache(self.store)
         self._server: grpc.aio.Server | None = None
@@ -152,17 +176,19 @@ class CoordinatorServer:
         self.port = 0
 
     async def start(self) -> int:
-        self.core.reconcile()
-        if self.decider is not None:
-            self.decider.start()  # its first pass judges what arrived while nobody was deciding
-        else:
-            self.core.plan()
+        if not self.options.secondary:
+            self.core.reconcile()
+            if self.decider_process is not None:
+                self.decider_process.start()  # its first pass judges what arrived meanwhile
+            else:
+                self.core.plan()
+        self._revocation_epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.cache, self.run_blocking)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.options.serving_processes > 1 else 0),
             ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(
@@ -187,6 +213,12 @@ class CoordinatorServer:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("autoswarm.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        host = self.options.listen.rsplit(":", 1)[0]
+        address = f"{host}:{self.port}"
+        if self.options.secondary:
+            self._maintenance = asyncio.create_task(self._maintain_secondary())
+            log.info("serving process %d also listening on %s", os.getpid(), address)
+            return self.port
         if self.options.metrics_port:
             from coordinator.service.metrics import serve_metrics
 
@@ -194,11 +226,12 @@ class CoordinatorServer:
         self._maintenance = asyncio.create_task(self._maintain())
         if self.mirror is not None:
             self.mirror.start()
-        host = self.options.listen.rsplit(":", 1)[0]
-        address = f"{host}:{self.port}"
+        for _ in range(self.options.serving_processes - 1):
+            self.secondaries.append(self._start_secondary(address))
         ready = {
             "address": address, "pid": os.getpid(), "public_key": self.signer.public_key.hex(),
-            "decider_pid": self.decider.pid if self.decider is not None else None,
+            "decider_pid": self.decider_process.pid if self.decider_process is not None else None,
+            "serving_pids": [os.getpid(), *(p.pid for p in self.secondaries)],
         }
         (Path(self.options.data_dir) / READY_FILE).write_text(json.dumps(ready))
         log.info("listening on %s (store %s, head %s)", address, type(self.store).__name__, self.branch.head()[:10])
@@ -212,9 +245,12 @@ class CoordinatorServer:
                 expired = await self.run_blocking(self.core.expire)
                 if expired:
                     log.info("expired %d lease(s); their units are leasable again", len(expired))
-                if self.decider is not None:
-                    self.decider.ensure_running()
+                self._follow_revocations()
+                if self.decider_process is not None:
+                    self.decider_process.ensure_running()
+                    self._supervise_secondaries()
                     self._follow_head()
+                    self._count_decisions()
                     continue
                 if time.monotonic() < plan_due:
                     continue
@@ -229,6 +265,58 @@ class CoordinatorServer:
             except Exception:
                 log.exception("maintenance failed")
 
+    def _start_secondary(self, address: str) -> subprocess.Popen[bytes]:
+        """Another serving process on the same port, with these options (see serve_secondary)."""
+        options = dataclasses.replace(self.options, listen=address, secondary=True, metrics_port=0, mirror_url="")
+        encoded = json.dumps(
+            {**dataclasses.asdict(options), "data_dir": str(options.data_dir),
+             "tls_cert": str(options.tls_cert or ""), "tls_key": str(options.tls_key or "")},
+            default=dict,
+        )
+        process = subprocess.Popen([sys.executable, "-m", "coordinator.server", encoded], stdin=subprocess.PIPE)
+        log.info("serving process %d started", process.pid)
+        return process
+
+    def _supervise_secondaries(self) -> None:
+        for index, process in enumerate(self.secondaries):
+            if process.poll() is not None:
+                log.error("serving process %d exited with %s; restarting it", process.pid, process.returncode)
+                self.secondaries[index] = self._start_secondary(f"{self.options.listen.rsplit(':', 1)[0]}:{self.port}")
+
+    async def _maintain_secondary(self) -> None:
+        """A secondary follows revocations, and exits when the primary does (its stdin closes)."""
+        loop = asyncio.get_running_loop()
+        gone = loop.run_in_executor(None, sys.stdin.buffer.read)
+        while not gone.done():
+            await asyncio.sleep(REVOCATION_POLL_S)
+            try:
+                self._follow_revocations()
+            except Exception:
+                log.exception("maintenance failed")
+        log.info("primary serving process gone: exiting")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _follow_revocations(self) -> None:
+        """A revocation through another serving process: forget cached principals and results."""
+        epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
+        if epoch != self._revocation_epoch:
+            self._revocation_epoch = epoch
+            self.cache.invalidate()
+            self.core.view.forget_results()
+
+    def _count_decisions(self) -> None:
+        """Merges and reverts happen in the decider: count them into this process's metrics."""
+        from coordinator.service.metrics import METRICS
+
+        assert self.decider is not None
+        record = self.decider.last_pass()
+        merges, reverts = int(record.get("merges", 0)), int(record.get("reverts", 0))
+        seen_merges, seen_reverts = self._counted
+        # The decider's counts restart with it; count only what grew since the last look.
+        METRICS.merges.inc(max(0, merges - seen_merges) if merges >= seen_merges else merges)
+        METRICS.reverts.inc(max(0, reverts - seen_reverts) if reverts >= seen_reverts else reverts)
+        self._counted = (merges, reverts)
+
     def _follow_head(self) -> None:
         """The decider merges in its own process: mirror the branch when its head moves."""
         head = self.branch.head()
@@ -242,8 +330,18 @@ class CoordinatorServer:
             self._maintenance.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
+        for process in self.secondaries:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.secondaries:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, process.wait, grace_s + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.decider_process is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.decider_process.stop)
         if self.decider is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.decider.stop)
+            self.decider.close()
         self.run_blocking.shutdown()
         self.run_decisions.shutdown()
         if self.mirror is not None:
@@ -262,17 +360,31 @@ class CoordinatorServer:
         await self.stop()
 
 
-def _count_decisions(merges: int, reverts: int) -> None:
-    from coordinator.service.metrics import METRICS
-
-    METRICS.merges.inc(merges)
-    METRICS.reverts.inc(reverts)
-
-
 def serve(options: ServerOptions) -> None:
-    # Core work (a policy pass, judging) runs in worker threads; at the default 5 ms switch
-    # interval a CPU-bound one holds the GIL that long each time the event loop asks for it.
-    # Measured on 2 cores: a no-op health server with one busy thread beside it served 419 RPC/s
-    # at 5 ms and 1,380 at 0.5 ms (3,307 with no busy thread) -- see benchmarks/README.md.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if options.decisions == "inline":
+        # Policy passes and judging then run in worker threads; at the default 5 ms switch
+        # interval a CPU-bound one holds the GIL that long each time the event loop asks for it.
+        # Measured on 2 cores: a no-op health server with one busy thread beside it served 419
+        # RPC/s at 5 ms and 1,380 at 0.5 ms (3,307 with no busy thread). With the decider in its
+        # own process the workers only wait on the store, and the default interval serves more
+        # (benchmarks/README.md).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     asyncio.run(CoordinatorServer(options).serve_forever())
+
+
+def serve_secondary(encoded: str) -> None:
+    """Entry point of a secondary serving process (started by the primary, never by hand)."""
+    raw = json.loads(encoded)
+    raw["swarm"] = SwarmConfig(**raw["swarm"])
+    raw["data_dir"] = Path(raw["data_dir"])
+    raw["tls_cert"] = Path(raw["tls_cert"]) if raw["tls_cert"] else None
+    raw["tls_key"] = Path(raw["tls_key"]) if raw["tls_key"] else None
+    options = ServerOptions(**raw)
+    from coordinator.cli.coordinator_cmd import configure_logging
+
+    configure_logging(options.log_json)
+    asyncio.run(CoordinatorServer(options).serve_forever())
+
+
+if __name__ == "__main__":
+    serve_secondary(sys.argv[1])

@@ -115,16 +115,72 @@ def test_graceful_stop_leaves_every_result_judged(tmp_path):
         proc.stop()
 
 
-def test_commands_are_read_whole_and_coalesced():
-    read_fd, write_fd = os.pipe()
-    buffer = bytearray()
-    os.write(write_fd, b"wake 3\ntopup 4\nrejudge 5\nwa")
-    highest, commands, closed = decider_mod._read_commands(read_fd, 1.0, buffer)
-    assert (highest, commands, closed) == (5, {"wake", "topup", "rejudge"}, False)
-    assert bytes(buffer) == b"wa"  # a partial line waits for the rest
-    os.write(write_fd, b"ke 9\n")
-    assert decider_mod._read_commands(read_fd, 1.0, buffer)[:2] == (9, {"wake"})
-    assert decider_mod._read_commands(read_fd, 0.05, buffer) == (0, set(), False)  # nothing: timeout
-    os.close(write_fd)
-    assert decider_mod._read_commands(read_fd, 1.0, buffer)[2] is True
-    os.close(read_fd)
+def test_wake_ups_are_read_whole_and_coalesced(tmp_path):
+    link = decider_mod.DeciderLink(tmp_path)
+    assert link.wake() > 0  # no decider yet: nothing blocks, nothing fails
+    reader = os.open(link.fifo_path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        buffer = bytearray()
+        link.wake("wake")
+        link.wake("topup")
+        link.wake("rejudge")
+        raw = os.open(link.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(raw, b"wa")
+        assert decider_mod._drain(reader, buffer) == {"wake", "topup", "rejudge"}
+        assert bytes(buffer) == b"wa"  # a partial line waits for the rest
+        os.write(raw, b"ke\n")
+        assert decider_mod._drain(reader, buffer) == {"wake"}
+        assert decider_mod._drain(reader, buffer) == set()
+        os.close(raw)
+    finally:
+        os.close(reader)
+        link.close()
+
+
+def test_a_waiter_is_released_only_by_a_pass_that_read_its_wake_up(tmp_path):
+    link = decider_mod.DeciderLink(tmp_path)
+    sent = link.wake()
+    assert not link.wait_for_pass(sent, 0.05)  # no pass at all
+    decider_mod._write_passes(link.passes_path, {"covered_until": sent - 1.0, "passes": 1})
+    assert not link.covered(sent)  # that pass read the pipe before this wake-up
+    decider_mod._write_passes(link.passes_path, {"covered_until": sent + 0.001, "passes": 2})
+    assert link.wait_for_pass(sent, 1.0)
+
+
+def test_two_serving_processes_share_the_port_and_the_decider(tmp_path):
+    """Each scripted call opens its own connection, so the kernel spreads them over both
+    processes; the swarm still merges a real improvement with its evidence."""
+    proc = coordinator_process(tmp_path / "c", policy=POLICY, extra=["--serving-processes", "2"]).start()
+    try:
+        ready = json.loads((proc.data_dir / "coordinator.json").read_text())
+        primary, secondary = ready["serving_pids"]
+        assert primary == proc.proc.pid and _alive(secondary)
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol")]
+
+        def landscape(constants, hardware_class):
+            return 1.0 - (0.01 if constants.get("MATRIX_LR") == 0.05 else 0.0)
+
+        run_swarm(volunteers, landscape, max_rounds=6)
+        with proc.admin() as admin:
+            hypothesis_id = admin.submit("MATRIX_LR 0.05", constant_changes={"MATRIX_LR": "0.05"}).hypothesis_id
+
+        def merged() -> bool:
+            with proc.admin() as admin:
+                return admin.hypothesis(hypothesis_id).hypothesis.state == pb.HYPOTHESIS_STATE_MERGED
+
+        run_swarm(volunteers, landscape, max_rounds=30, until=merged)
+        assert merged()
+        # A secondary that dies is replaced; the primary's death takes every child with it.
+        os.kill(secondary, signal.SIGKILL)
+        assert _wait(lambda: len([p for p in _children(proc.proc.pid) if p != secondary]) >= 2, 20)
+        children = _children(proc.proc.pid)
+        proc.kill9()
+        assert _wait(lambda: not any(_alive(pid) for pid in children), 20), "children outlived the primary"
+    finally:
+        proc.stop()
+
+
+def test_several_serving_processes_need_the_decider_process(tmp_path):
+    proc = coordinator_process(tmp_path / "c", extra=["--serving-processes", "2", "--decisions", "inline"])
+    with pytest.raises(RuntimeError, match="decisions in their own process"):
+        proc.start(timeout_s=30)

@@ -48,6 +48,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="where judging, merging and planning run: a child process at lower priority (default), "
         "or this process's worker threads",
     )
+    p.add_argument(
+        "--serving-processes", type=int, default=int(env("AUTOSWARM_SERVING_PROCESSES", "1")),
+        help="processes answering RPCs on the same port (SO_REUSEPORT; one per core is a good start)",
+    )
     p.add_argument("--mirror-url", default=env("AUTOSWARM_MIRROR_URL", ""),
                    help="push the global branch to this git remote after every merge (optional)")
 
@@ -205,6 +209,7 @@ def main(argv: list[str]) -> int:
             swarm=swarm,
             decisions=args.decisions,
             log_json=args.log_json,
+            serving_processes=args.serving_processes,
         )
         serve(options)
         return 0

@@ -26,7 +26,7 @@ TOKEN_BYTES = 32
 # Revocations through this server clear the cache at once; the TTL bounds what a revocation made
 # elsewhere (another process on the same store) takes to be seen here. The store refuses a revoked
 # volunteer's leases and reports by itself, so only read-only calls could see a stale entry.
-PRINCIPAL_CACHE_TTL_S = 30.0
+PRINCIPAL_CACHE_TTL_S = 600.0
 
 ALL_ROLES = frozenset(Role)
 PUBLIC = frozenset[Role]()  # no token needed
@@ -190,21 +190,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, cache: PrincipalCache, run_blocking: Callable[..., Awaitable[Any]]) -> None:
         self._cache = cache
         self._run_blocking = run_blocking
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # one wrapper per method, not per call
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
-        token = bearer_token(handler_call_details.invocation_metadata)
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         cache, run_blocking = self._cache, self._run_blocking
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = bearer_token(context.invocation_metadata())
             try:
                 # Public methods and cached tokens are answered on the loop; only a token the
                 # cache does not hold costs a trip to the worker pool (the store may block).

@@ -96,9 +96,9 @@ class ReportOutcome:
 
 
 class DecisionDelegate(Protocol):
-    """Where decisions go when they are not made inline (coordinator.service.decider.DeciderHandle)."""
+    """Where decisions go when they are not made inline (coordinator.service.decider.DeciderLink)."""
 
-    def wake(self, command: str = "wake") -> int: ...
+    def wake(self, command: str = "wake") -> float: ...
 
 
 def new_id(prefix: str) -> str:
@@ -133,7 +133,7 @@ class CoordinatorCore:
         self.delegate: DecisionDelegate | None = None
         self.merges_done = 0
         self.reverts_done = 0
-        self._pinned_tokenizer = ""
+        self._pinned_tokenizer: str | None = None  # None: not read yet
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -280,9 +280,9 @@ class CoordinatorCore:
         )
 
     def pinned_tokenizer_hash(self) -> str:
-        """The swarm's tokenizer: the operator's, or the first ok result's. Once pinned it never
-        changes, so it is read from the store only until then."""
-        if not self._pinned_tokenizer:
+        """The swarm's tokenizer: the operator's, or the first ok result's. Only a report to this
+        process pins it (see report), so it is read from the store once."""
+        if self._pinned_tokenizer is None:
             self._pinned_tokenizer = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
         return self._pinned_tokenizer
 
@@ -306,9 +306,10 @@ class CoordinatorCore:
         unit = self.store.get_unit(lease.unit_id, with_code=False)
         score = NormalizedScore()
         if metrics.status == RunStatus.OK:
-            score = decisions.score_result(
-                self.view, unit.hardware_class, unit.base_commit, metrics.val_bpb, self.settings
-            )
+            with self.view.one_read_per_class():
+                score = decisions.score_result(
+                    self.view, unit.hardware_class, unit.base_commit, metrics.val_bpb, self.settings
+                )
         record, duplicate = self.store.record_result(
             lease_id, principal.principal_id, metrics, score, new_id("res")
         )
@@ -316,11 +317,11 @@ class CoordinatorCore:
             return ReportOutcome(record, True, self._state_of(record.hypothesis_id))
         if metrics.status == RunStatus.OK and not self.pinned_tokenizer_hash() and metrics.tokenizer_hash:
             self.store.compare_and_set_meta(META_TOKENIZER_HASH, None, metrics.tokenizer_hash)
-            self._pinned_tokenizer = ""  # read the winner of the race next time
+            self._pinned_tokenizer = None  # read the winner of the race next time
         if self.delegate is not None:
             self.delegate.wake()  # judged by the decider, from the store, after this answer
-        else:
-            self.after_result(record)
+            return ReportOutcome(record, False, None)  # its state is about to change: not sent
+        self.after_result(record)
         return ReportOutcome(record, False, self._state_of(record.hypothesis_id))
 
     def _check_pins(self, metrics: RunMetrics) -> None:
@@ -717,7 +718,7 @@ class CoordinatorCore:
             )
         )
         if self.delegate is not None:
-            self.delegate.wake()  # the decider schedules its first run
+            self.delegate.wake("plan")  # the decider schedules its first run
             return hypothesis
         with self._lock:
             request = decisions.candidate_request(self.view, hypothesis, self.settings)

@@ -1,15 +1,18 @@
-"""The decision process: judging, merging, planning and proposing, beside the serving process.
+"""The decision process: judging, merging, planning and proposing, beside the serving processes.
 
-The serving process answers RPCs: it authenticates, leases, extends leases and records results
-(each a store call or two). Everything the policy decides runs here, in a child process at a
+The serving processes answer RPCs: they authenticate, lease, extend leases and record results
+(each a store call or two). Everything the policy decides runs here, in one child process at a
 lower CPU priority, so a long policy pass (a sweep of thousands of open hypotheses after a merge)
-neither holds the serving process's GIL nor takes CPU the RPCs need:
+neither holds a serving process's GIL nor takes CPU the RPCs need:
 
-    serving process                                decider (this module, `nice` +10)
-    ReportResult: record, score, ack  --wake N-->  results after the cursor -> after_result()
-    LeaseWork on an empty queue       --wake N-->  plan() (top-ups, proposer)
-                     waits for "done N" <--------  "done N merges reverts"
-    revocation                        --rejudge->  judge every open hypothesis
+    serving processes (1..N)                          decider (this module, `nice` +10)
+    ReportResult: record, score, answer  --"wake"-->  results after the cursor -> after_result()
+    LeaseWork on an empty queue          --"topup"->  plan() (top-ups, proposer)
+       wait until covered_until >= sent  <----------  decider.passes: covered_until, counts
+    revocation                           --"rejudge"> judge every open hypothesis
+
+Wake-ups go through a named pipe in the data dir (`decider.wake`); after each pass the decider
+rewrites `decider.passes` with the time up to which it had read that pipe.
 
 Invariants:
 - Nothing acknowledged waits on this process. A result is durable in the store before the serving
@@ -30,16 +33,19 @@ import json
 import logging
 import os
 import select
+import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("autoswarm.coordinator.decider")
 
 LOCK_FILE = "decider.lock"
+WAKE_FIFO = "decider.wake"  # named pipe: one command per line, from any serving process
+PASSES_FILE = "decider.passes"  # JSON, rewritten after each pass: covered_until, passes, merges, reverts
+PASS_POLL_S = 0.01  # how often a waiting call looks at the pass file
 META_CURSOR = "decider_cursor"  # the last result id the decider has judged (report order)
 IDLE_PASS_INTERVAL_S = 5.0  # a policy pass at least this often, woken or not
 MIN_PASS_INTERVAL_S = 0.05  # woken passes no closer together than this
@@ -48,36 +54,107 @@ NICE_INCREMENT = 10  # the serving process keeps the CPU when both want it
 COMMAND_WAKE = "wake"  # new results or hypotheses
 COMMAND_TOP_UP = "topup"  # a lease found its class's queue empty
 COMMAND_REJUDGE = "rejudge"  # results stopped counting (a revocation)
+COMMAND_PLAN = "plan"  # a hypothesis was submitted: schedule its first run
 RESULT_BATCH = 200  # results judged before the cursor is saved and wake-ups are read again
 
 
 # -- the serving side -----------------------------------------------------------------------------
 
 
-class DeciderHandle:
-    """The serving process's end: starts the child, wakes it, waits for its passes, restarts it."""
+class DeciderLink:
+    """Any serving process's end: wake-ups into the FIFO, finished passes from the pass file.
 
-    def __init__(self, command: list[str], on_counts: Callable[[int, int], None] | None = None) -> None:
-        self._command = command
-        self._on_counts = on_counts  # (merges, reverts) since the last report, for the metrics
+    Several serving processes share one decider, so neither side names the other: a wake-up is a
+    line in `decider.wake` (writes of a line are atomic), and the decider records after each pass
+    the time up to which it had read the FIFO (`covered_until`). A caller that woke it at time t
+    waits until a pass with covered_until >= t has finished."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.fifo_path = Path(data_dir) / WAKE_FIFO
+        self.passes_path = Path(data_dir) / PASSES_FILE
+        ensure_fifo(self.fifo_path)
+        self._fd: int | None = None
         self._lock = threading.Lock()
-        self._done = threading.Condition(self._lock)
-        self._requested = 0  # the last wake-up sequence number sent
-        self._completed = 0  # the last one a finished pass covered
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
+        self._passes: tuple[int, dict[str, float]] = (-1, {})  # (mtime_ns, contents)
+
+    def wake(self, command: str = COMMAND_WAKE) -> float:
+        """Ask for a pass; returns the time to wait for (see wait_for_pass). Never blocks: with
+        the pipe full a wake-up is pending anyway, and with no decider its first pass covers it."""
+        line = f"{command}\n".encode()
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(self._fd, line)
+            except BlockingIOError:
+                pass
+            except OSError:  # no reader (ENXIO) or a reader gone (EPIPE): reopen next time
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+        return time.time()
+
+    def last_pass(self) -> dict[str, float]:
+        try:
+            mtime = self.passes_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        if mtime != self._passes[0]:
+            try:
+                self._passes = (mtime, json.loads(self.passes_path.read_text()))
+            except (OSError, ValueError):
+                return self._passes[1]
+        return self._passes[1]
+
+    def covered(self, stamp: float) -> bool:
+        return float(self.last_pass().get("covered_until", 0.0)) >= stamp
+
+    def wait_for_pass(self, stamp: float, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.covered(stamp):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(PASS_POLL_S)
+        return True
+
+    async def wait_for_pass_async(self, stamp: float, timeout_s: float) -> bool:
+        """wait_for_pass for the event loop: no worker thread is held while the decider works."""
+        deadline = time.monotonic() + timeout_s
+        while not self.covered(stamp):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(PASS_POLL_S)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def ensure_fifo(path: Path) -> None:
+    if path.exists() and not stat.S_ISFIFO(path.stat().st_mode):
+        path.unlink()
+    if not path.exists():
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            pass
+
+
+class DeciderProcess:
+    """The primary serving process's end: starts the child, restarts it if it dies, stops it.
+    The child's stdin is a pipe that only closes when this process goes, so it dies with us."""
+
+    def __init__(self, command: list[str]) -> None:
+        self._command = command
         self._process: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
         self.restarts = 0
 
     def start(self) -> None:
-        process = subprocess.Popen(
-            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
-        )
-        os.set_blocking(process.stdin.fileno(), False)  # type: ignore[union-attr]
-        self._process = process
-        self._reader = threading.Thread(target=self._read_acks, args=(process,), name="decider-acks", daemon=True)
-        self._reader.start()
-        log.info("decider process %d started", process.pid)
+        self._process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stderr=None, close_fds=True)
+        log.info("decider process %d started", self._process.pid)
 
     @property
     def pid(self) -> int:
@@ -93,86 +170,6 @@ class DeciderHandle:
             self.restarts += 1
             self.start()
 
-    def wake(self, command: str = COMMAND_WAKE) -> int:
-        """Ask for a pass; returns its sequence number. Never blocks: a full pipe means a wake-up
-        is already pending, and the decider polls on its own anyway."""
-        with self._lock:
-            self._requested += 1
-            sequence = self._requested
-        process = self._process
-        if process is None or process.stdin is None:
-            return sequence
-        try:
-            os.write(process.stdin.fileno(), f"{command} {sequence}\n".encode())
-        except (BlockingIOError, BrokenPipeError, OSError):
-            pass
-        return sequence
-
-    def wait_for_pass(self, sequence: int, timeout_s: float) -> bool:
-        """Block until a pass that started after `sequence` was sent has finished."""
-        deadline = time.monotonic() + timeout_s
-        with self._done:
-            while self._completed < sequence:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.alive():
-                    return False
-                self._done.wait(min(left, 0.5))
-            return True
-
-    async def wait_for_pass_async(self, sequence: int, timeout_s: float) -> bool:
-        """wait_for_pass for the event loop: no thread is held while the decider works."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        with self._lock:
-            if self._completed >= sequence:
-                return True
-            if not self.alive():
-                return False
-            entry = (sequence, loop, future)
-            self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            return False
-        finally:
-            with self._lock:
-                if entry in self._waiters:
-                    self._waiters.remove(entry)
-
-    def _resolve_waiters(self, finished: bool) -> None:
-        """Under the lock: wake the async waiters a pass covered (all of them if the process died)."""
-        keep = []
-        for sequence, loop, future in self._waiters:
-            if finished and sequence > self._completed:
-                keep.append((sequence, loop, future))
-                continue
-            loop.call_soon_threadsafe(_set_once, future, finished)
-        self._waiters = keep
-
-    def completed(self) -> int:
-        with self._lock:
-            return self._completed
-
-    def _read_acks(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            parts = raw.decode(errors="replace").split()
-            if len(parts) != 4 or parts[0] != "done":
-                continue
-            try:
-                sequence, merges, reverts = int(parts[1]), int(parts[2]), int(parts[3])
-            except ValueError:
-                continue
-            with self._done:
-                self._completed = max(self._completed, sequence)
-                self._done.notify_all()
-                self._resolve_waiters(True)
-            if self._on_counts is not None and (merges or reverts):
-                self._on_counts(merges, reverts)
-        with self._done:
-            self._done.notify_all()  # waiters see the process is gone
-            self._resolve_waiters(False)
-
     def stop(self, timeout_s: float = 10.0) -> None:
         process = self._process
         if process is None:
@@ -184,16 +181,11 @@ class DeciderHandle:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=2.0)
 
 
-def _set_once(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def decider_command(store_url: str, data_dir: Path, branch_name: str, swarm: object, log_json: bool) -> list[str]:
+def decider_command(
+    store_url: str, data_dir: Path, branch_name: str, swarm: object, log_json: bool
+) -> list[str]:
     from dataclasses import asdict
 
     return [
@@ -216,8 +208,6 @@ class Decider:
         assert isinstance(core, CoordinatorCore)
         self.core = core
         self.cursor = core.store.get_meta(META_CURSOR) or ""
-        self.merges_reported = 0
-        self.reverts_reported = 0
         self.revocation_epoch = ""  # forces one read of the results at start
 
     def judge_new_results(self) -> int:
@@ -251,66 +241,68 @@ class Decider:
             self.revocation_epoch = epoch
 
     def run_pass(self, commands: set[str]) -> None:
+        """Judge what was reported; plan (top-ups, proposer) only when asked or on the idle
+        timer: a judgement enqueues its own follow-ups, and a full plan per report would cost
+        more than the reports."""
         if COMMAND_TOP_UP in commands:
             self.core.view.invalidate()  # a volunteer found its queue empty: it is online now
         self.judge_new_results()
         if COMMAND_REJUDGE in commands:
             self.core.rejudge_open()
-        self.core.plan()
-
-    def counts_since_last(self) -> tuple[int, int]:
-        merges, reverts = self.core.merges_done - self.merges_reported, self.core.reverts_done - self.reverts_reported
-        self.merges_reported, self.reverts_reported = self.core.merges_done, self.core.reverts_done
-        return merges, reverts
+        if not commands or commands & {COMMAND_TOP_UP, COMMAND_REJUDGE, COMMAND_PLAN}:
+            self.core.plan()
 
 
-def _read_commands(fd: int, timeout_s: float, buffer: bytearray) -> tuple[int, set[str], bool]:
-    """(highest sequence number read, the commands read, stdin closed) within timeout_s."""
-    highest, commands, closed = 0, set(), False
-    readable, _, _ = select.select([fd], [], [], max(0.0, timeout_s))
-    while readable:
-        chunk = os.read(fd, 65536)
+
+def _drain(fd: int, buffer: bytearray) -> set[str]:
+    """The complete command lines waiting in the FIFO (a partial line stays in the buffer)."""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
         if not chunk:
-            closed = True
             break
         buffer.extend(chunk)
-        readable, _, _ = select.select([fd], [], [], 0)
     *lines, rest = bytes(buffer).split(b"\n")
     buffer[:] = rest
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            highest = max(highest, int(parts[1]))
-            commands.add(parts[0].decode(errors="replace"))
-    return highest, commands, closed
+    return {line.split()[0].decode(errors="replace") for line in lines if line.split()}
 
 
-def run_decider(core: object, data_dir: Path, stdin_fd: int = 0, ack: Callable[[str], None] | None = None) -> None:
+def _write_passes(path: Path, record: dict[str, float]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def run_decider(core: object, data_dir: Path, stdin_fd: int = 0) -> None:
     """The child's loop until stdin closes."""
     lock = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(lock, fcntl.LOCK_EX)  # a decider orphaned by a killed server goes first
+    fifo_path = data_dir / WAKE_FIFO
+    ensure_fifo(fifo_path)
+    fifo_fd = os.open(fifo_path, os.O_RDWR | os.O_NONBLOCK)  # read-write: never an EOF from it
+    passes_path = data_dir / PASSES_FILE
     decider = Decider(core)
-    ack = ack or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     buffer = bytearray()
     next_idle_pass = 0.0
     last_pass_started = 0.0
+    passes = 0
     log.info("decider ready (cursor %s)", decider.cursor or "at the start")
     while True:
-        now = time.monotonic()
-        wait_s = max(0.0, min(next_idle_pass - now, 1.0))
-        sequence, commands, closed = _read_commands(stdin_fd, wait_s, buffer)
-        if closed:
+        wait_s = max(0.0, min(next_idle_pass - time.monotonic(), 1.0))
+        readable, _, _ = select.select([fifo_fd, stdin_fd], [], [], wait_s)
+        if stdin_fd in readable and not os.read(stdin_fd, 4096):
             log.info("serving process gone: decider exits")
             return
+        commands = _drain(fifo_fd, buffer) if fifo_fd in readable else set()
         now = time.monotonic()
-        if not sequence and now < next_idle_pass:
+        if not commands and now < next_idle_pass:
             continue
-        if sequence and now - last_pass_started < MIN_PASS_INTERVAL_S:
+        if commands and now - last_pass_started < MIN_PASS_INTERVAL_S:
             time.sleep(MIN_PASS_INTERVAL_S - (now - last_pass_started))
-            more, more_commands, closed = _read_commands(stdin_fd, 0.0, buffer)
-            sequence, commands = max(sequence, more), commands | more_commands
-            if closed:
-                return
+        covered_until = time.time()  # every line written before this is in the pipe: drain it
+        commands |= _drain(fifo_fd, buffer)
         last_pass_started = time.monotonic()
         try:
             decider.run_pass(commands)
@@ -320,8 +312,11 @@ def run_decider(core: object, data_dir: Path, stdin_fd: int = 0, ack: Callable[[
         if took_s > IDLE_PASS_INTERVAL_S:
             log.warning("decision pass took %.1f s", took_s)
         next_idle_pass = time.monotonic() + max(IDLE_PASS_INTERVAL_S, (PASS_DUTY_FACTOR - 1) * took_s)
-        merges, reverts = decider.counts_since_last()
-        ack(f"done {sequence} {merges} {reverts}")
+        passes += 1
+        _write_passes(passes_path, {
+            "covered_until": covered_until, "passes": passes, "took_s": round(took_s, 3),
+            "merges": core.merges_done, "reverts": core.reverts_done,  # type: ignore[attr-defined]
+        })
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,25 +32,15 @@ PRINCIPAL_SNAPSHOT_TTL_S = 1.0  # volunteers change rarely; reading them per dec
 class StoreView:
     """Implements PolicyView over a Store and the GlobalBranch. Reads only."""
 
-    def __init__(
-        self,
-        store: Store,
-        branch: GlobalBranch,
-        online_window_s: float = ONLINE_WINDOW_S,
-        results_max_age_s: float = 0.0,
-    ) -> None:
+    def __init__(self, store: Store, branch: GlobalBranch, online_window_s: float = ONLINE_WINDOW_S) -> None:
         self.store = store
         self.branch = branch
         self.online_window_s = online_window_s
-        # 0: every read of a class's results asks the store for newer ones (deciding needs that).
-        # The serving process only scores reports with them and may reuse a read this long.
-        self.results_max_age_s = results_max_age_s
-        self._class_results_read_at: dict[str, float] = {}
         self._merges: tuple[str, float, list[MergeRecord]] = ("", 0.0, [])  # (head, when read, merges)
         self._principals_at = 0.0
         self._principals: list = []
         self._snapshot = threading.local()  # pending units during one policy pass, per thread
-        self._class_results: dict[str, list[ResultRecord]] = {}  # counting results per class, in order
+        self._class_results: dict[str, _ClassResults] = {}  # counting results per class, in order
         self._class_results_lock = threading.Lock()
 
     @contextmanager
@@ -62,6 +52,16 @@ class StoreView:
         finally:
             self._snapshot.pending = None
 
+    @contextmanager
+    def one_read_per_class(self) -> Iterator[None]:
+        """Within this block (this thread) each class's results are read from the store once:
+        one decision sees one consistent set, and a report's score costs one round trip."""
+        self._snapshot.polled = set()
+        try:
+            yield
+        finally:
+            self._snapshot.polled = None
+
     def _read_pending(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
         units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
         units += self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.LEASED)
@@ -71,21 +71,22 @@ class StoreView:
         """Results stopped counting (a revocation): read the class caches again."""
         with self._class_results_lock:
             self._class_results.clear()
-            self._class_results_read_at.clear()
 
-    def _results_of_class(self, hardware_class: str) -> list[ResultRecord]:
-        """Every counting result of a class. Results are append-only (only a revocation changes
-        `counts`, and it calls forget_results), so only rows newer than the last seen are read."""
+    def _results_of_class(
+        self, hardware_class: str, base_commit: str = "", kind: UnitKind | None = None
+    ) -> list[ResultRecord]:
+        """Counting results of a class (of one commit, of one kind). Results are append-only
+        (only a revocation changes `counts`, and it calls forget_results), so only rows newer
+        than the last seen are read, and they are kept indexed by kind and by (commit, kind)."""
+        polled: set[str] | None = getattr(self._snapshot, "polled", None)
         with self._class_results_lock:
-            cached = self._class_results.setdefault(hardware_class, [])
-            now = time.monotonic()
-            if self.results_max_age_s and now - self._class_results_read_at.get(hardware_class, -1e9) < self.results_max_age_s:
-                return list(cached)
-            result_filter = ResultFilter(hardware_class=hardware_class, counting_only=True)
-            after = cached[-1].result_id if cached else ""
-            cached.extend(_slim(r) for r in read_all_results(self.store, result_filter, after))
-            self._class_results_read_at[hardware_class] = now
-            return list(cached)
+            cached = self._class_results.setdefault(hardware_class, _ClassResults())
+            if polled is None or hardware_class not in polled:
+                result_filter = ResultFilter(hardware_class=hardware_class, counting_only=True)
+                cached.extend(_slim(r) for r in read_all_results(self.store, result_filter, cached.last_id))
+                if polled is not None:
+                    polled.add(hardware_class)
+            return cached.select(base_commit, kind)
 
     def _volunteers(self) -> list:
         now = time.monotonic()
@@ -126,10 +127,7 @@ class StoreView:
         kind: UnitKind | None = None,
     ) -> list[ResultRecord]:
         if hardware_class and not hypothesis_id:
-            return [
-                r for r in self._results_of_class(hardware_class)
-                if (not base_commit or r.base_commit == base_commit) and (kind is None or r.kind == kind)
-            ]
+            return self._results_of_class(hardware_class, base_commit, kind)
         result_filter = ResultFilter(
             hardware_class=hardware_class, hypothesis_id=hypothesis_id, base_commit=base_commit,
             kind=kind, counting_only=True,
@@ -169,6 +167,32 @@ class StoreView:
             return _constants(self.branch.read_file(commit, "train.py"))
         except BranchError:
             return {}
+
+
+class _ClassResults:
+    """One class's counting results in report order, with the indexes the policy's reads use."""
+
+    def __init__(self) -> None:
+        self.all: list[ResultRecord] = []
+        self.by_kind: dict[UnitKind, list[ResultRecord]] = {}
+        self.by_commit_kind: dict[tuple[str, UnitKind], list[ResultRecord]] = {}
+
+    @property
+    def last_id(self) -> str:
+        return self.all[-1].result_id if self.all else ""
+
+    def extend(self, records: Iterable[ResultRecord]) -> None:
+        for record in records:
+            self.all.append(record)
+            self.by_kind.setdefault(record.kind, []).append(record)
+            self.by_commit_kind.setdefault((record.base_commit, record.kind), []).append(record)
+
+    def select(self, base_commit: str, kind: UnitKind | None) -> list[ResultRecord]:
+        if base_commit and kind is not None:
+            return list(self.by_commit_kind.get((base_commit, kind), ()))
+        if kind is not None:
+            return list(self.by_kind.get(kind, ()))
+        return [r for r in self.all if not base_commit or r.base_commit == base_commit]
 
 
 def _slim(record: ResultRecord) -> ResultRecord:

@@ -7,10 +7,11 @@ slow fsync in one call never stalls the event loop for the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,8 +27,9 @@ from coordinator.service.auth import (
     hash_token,
     new_token,
 )
+from coordinator.service.batching import HeartbeatGroups
 from coordinator.service.core import CoordinatorCore
-from coordinator.service.decider import COMMAND_TOP_UP, DeciderHandle
+from coordinator.service.decider import COMMAND_TOP_UP, DeciderLink
 from coordinator.service.errors import status_for
 from coordinator.service.metrics import METRICS
 from coordinator.store.errors import InvalidValueError
@@ -59,13 +61,18 @@ async def _call(
 ) -> T:
     """Run fn in the pool; typed errors become their status code (and change no state). A
     PendingPrincipal argument is authorized first, in the same worker call."""
-    started = time.perf_counter()
 
     def work() -> T:
         return fn(*(a.resolve() if isinstance(a, PendingPrincipal) else a for a in args))
 
+    return await _answer(context, method, run(work))
+
+
+async def _answer(context: grpc.aio.ServicerContext, method: str, pending: Awaitable[T]) -> T:
+    """Await the call's result; typed errors become their status code (one table, errors.py)."""
+    started = time.perf_counter()
     try:
-        return await run(work)
+        return await pending
     except Exception as exc:
         code, details = status_for(exc)
         if code == grpc.StatusCode.INTERNAL:
@@ -74,7 +81,12 @@ async def _call(
         await context.abort(code, details)
         raise  # unreachable: abort raises
     finally:
-        METRICS.rpc_latency.labels(method).observe(time.perf_counter() - started)
+        _latency_of(method).observe(time.perf_counter() - started)
+
+
+@functools.lru_cache(maxsize=64)
+def _latency_of(method: str) -> Any:
+    return METRICS.rpc_latency.labels(method)  # the labelled child, looked up once per method
 
 
 def _principal() -> Principal:
@@ -106,10 +118,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         cache: PrincipalCache,
         classify: Callable,
         decide: Blocking | None = None,
-        decider: DeciderHandle | None = None,
+        decider: DeciderLink | None = None,
     ) -> None:
         self.core = core
         self.decider = decider  # the decision process, when decisions do not run inline
+        self.heartbeats = HeartbeatGroups(core.store, lambda: core.config.lease_duration_s, run)
         self.run = run
         # Calls that queue on the core's decision lock (judging a report, admitting a hypothesis)
         # get their own pool, so a burst of them, or a long policy pass, never takes every worker
@@ -178,8 +191,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         if grant is None and self.decider is not None:
             # Nothing queued for this class: wake the decider, wait for its pass on the event loop
             # (no worker held), then try once more.
-            sequence = self.decider.wake(COMMAND_TOP_UP)
-            if await self.decider.wait_for_pass_async(sequence, LEASE_TOP_UP_WAIT_S):
+            sent = self.decider.wake(COMMAND_TOP_UP)
+            if await self.decider.wait_for_pass_async(sent, LEASE_TOP_UP_WAIT_S):
                 grant = await _call(
                     context, self.run, "LeaseWork", self.core.lease_work, principal, request.hardware_class,
                     request.slot,
@@ -193,11 +206,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     async def ExtendLease(self, request: pb.ExtendLeaseRequest, context: Any) -> Any:
-        principal = _caller()
         progress = request.progress
-        lease = await _call(
-            context, self.run, "ExtendLease", self.core.heartbeat, principal, request.lease_id,
-            int(progress.step), float(progress.fraction_of_budget), float(progress.loss),
+        lease = await _answer(
+            context, "ExtendLease",
+            self.heartbeats.extend(
+                _caller(), request.lease_id, int(progress.step), float(progress.fraction_of_budget),
+                float(progress.loss),
+            ),
         )
         METRICS.heartbeats.inc()
         return pb.ExtendLeaseResponse(lease_deadline_unix_s=lease.deadline_s, cancel=False)
@@ -207,7 +222,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             metrics = convert.metrics_from_pb(request.result)
             return self.core.report(principal, request.lease_id, metrics)
 
-        outcome = await _call(context, self.decide, "ReportResult", report, _caller())
+        # Inline, judging a report waits on the core's decision lock: its own pool. With a decider
+        # a report is a few store calls, like a lease.
+        pool = self.run if self.decider is not None else self.decide
+        outcome = await _call(context, pool, "ReportResult", report, _caller())
         METRICS.reports.labels(outcome.record.metrics.status.value, str(outcome.duplicate).lower()).inc()
         response = pb.ReportResultResponse(
             result_id=outcome.record.result_id,

@@ -49,6 +49,7 @@ from coordinator.store.errors import (
     ConflictError,
     InvalidValueError,
     PayloadTooLargeError,
+    StoreError,
     StoreIntegrityError,
 )
 from coordinator.store.types import (
@@ -72,6 +73,7 @@ from coordinator.store.types import (
     HypothesisState,
     Invite,
     Lease,
+    LeaseExtension,
     LeaseState,
     MergeRecord,
     NormalizedScore,
@@ -250,6 +252,20 @@ class Store(abc.ABC):
         loss: float = 0.0,
     ) -> Lease:
         """Heartbeat: deadline = now + lease_duration_s, progress recorded."""
+
+    def extend_leases(self, extensions: Sequence[LeaseExtension]) -> list[Lease | Exception]:
+        """Many heartbeats at once (the server groups concurrent ones): each is applied exactly
+        as extend_lease would, independently; a refused one is its error in the list, in order.
+        Backends override this to make one round trip (and one fsync) for the whole group."""
+        out: list[Lease | Exception] = []
+        for e in extensions:
+            try:
+                out.append(
+                    self.extend_lease(e.lease_id, e.volunteer_id, e.lease_duration_s, e.step, e.fraction, e.loss)
+                )
+            except StoreError as exc:
+                out.append(exc)
+        return out
 
     @abc.abstractmethod
     def release_lease(self, lease_id: str, volunteer_id: str, reason: str = "") -> Lease:

@@ -74,6 +74,7 @@ from coordinator.store.types import (
     HypothesisState,
     Invite,
     Lease,
+    LeaseExtension,
     LeaseState,
     MergeRecord,
     NormalizedScore,
@@ -93,6 +94,7 @@ ALL = 2**31  # "no limit" for index reads that return every member
 RESULT_PAGE_CHUNK = 500  # results read per script call while a filter skips some
 SNAPSHOT_BATCH_RECORDS = 200  # records per pipeline when a snapshot is imported or its heavy fields read
 BLOB_READ_BATCH = 200  # code blobs per MGET when reads resolve unit code
+BLOB_CACHE_ENTRIES = 256  # code texts kept in process (~40 KB each); the cache restarts when full
 # Fields written once with their record and never changed, and large (code, logs): a snapshot reads
 # them after its one-moment script, in batches, so that script's reply stays small.
 _HEAVY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -225,6 +227,12 @@ redis.call('ZADD', KEY_PRINCIPALS, seq, pid)
 redis.call('ZADD', key_principals_by_owner(f.owner), seq, pid)
 redis.call('HSET', KEY_PRINCIPAL_BY_TOKEN, f.token_hash, pid)
 return redis.call('HGETALL', key_principal(pid))
+""",
+    # ARGV: token hash. Returns the principal's fields, or nil.
+    "principal_by_token": r"""
+local id = redis.call('HGET', KEY_PRINCIPAL_BY_TOKEN, ARGV[2])
+if not id then return false end
+return redis.call('HGETALL', key_principal(id))
 """,
     # ARGV: principal id
     "touch_principal": r"""
@@ -546,10 +554,16 @@ return {
   all_records(KEY_MERGES, key_merge),
 }
 """,
-    # ARGV: record key root, exclusive start score ('-inf' or '(N'), limit, reverse (1/0), index keys...
+    # ARGV: record key root, exclusive start ('-inf', '(N', or '@record id': after that record),
+    # limit, reverse (1/0), index keys...
     # One consistent page of records, in score order across the given indexes.
     "page": r"""
 local root, start, limit, reverse = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+if string.sub(start, 1, 1) == '@' then  -- after a record: its seq, looked up here (no extra trip)
+  local seq = redis.call('HGET', root .. string.sub(start, 2), 'seq')
+  if not seq then fail('NotFound', 'unknown page position ' .. string.sub(start, 2)) end
+  start = '(' .. seq
+end
 local items = {}
 for i = 6, #ARGV do
   local got
@@ -606,6 +620,9 @@ class RedisStore(Store):
             raise ValueError("RedisStore needs a client made with decode_responses=True")
         self._redis = client
         self.keys = keys.KeySpace(prefix)
+        # Blobs are content-addressed and never change: a lease's code (the same train.py for
+        # most units of one head) is read from Redis once, not once per lease.
+        self._blob_cache: dict[str, str] = {}
         # register_script hashes the source once; calls go by EVALSHA and reload on NOSCRIPT
         # (after a server restart, say).
         self._scripts: dict[str, Script] = {
@@ -669,11 +686,17 @@ class RedisStore(Store):
         them after the records still gives the code those records named."""
         blobs = dict(known or {})
         needed = sorted(set().union(*(unit_code_hashes(row) for row in rows)) - blobs.keys())
+        cache = self._blob_cache
+        blobs.update((digest, cache[digest]) for digest in needed if digest in cache)
+        needed = [digest for digest in needed if digest not in blobs]
         for start in range(0, len(needed), BLOB_READ_BATCH):
             chunk = needed[start : start + BLOB_READ_BATCH]
             texts = self._redis.mget([self.keys.key(keys.BLOB, digest) for digest in chunk])
-            found = zip(chunk, texts, strict=True)
-            blobs.update((digest, text) for digest, text in found if text is not None)
+            found = [(digest, text) for digest, text in zip(chunk, texts, strict=True) if text is not None]
+            blobs.update(found)
+            if len(cache) + len(found) > BLOB_CACHE_ENTRIES:
+                cache.clear()
+            cache.update(found[:BLOB_CACHE_ENTRIES])
         return [unit_from_row(row, blobs) for row in rows]
 
     def _page(
@@ -688,13 +711,10 @@ class RedisStore(Store):
         return [_as_dict(flat) for flat in flats]
 
     def _after(self, template: str, record_id: str) -> str:
-        """The exclusive start score of the page after record_id."""
+        """The exclusive start of the page after record_id (the page script finds its seq)."""
         if not record_id:
             return "-inf"
-        seq = self._redis.hget(self.keys.key(template, record_id), "seq")
-        if seq is None:
-            raise NotFoundError(f"unknown page position {record_id!r}")
-        return f"({seq}"
+        return "@" + record_id
 
     def now(self) -> float:
         seconds, microseconds = self._redis.time()
@@ -756,8 +776,8 @@ class RedisStore(Store):
         return self._record(keys.PRINCIPAL, principal_id, Principal, "principal")
 
     def find_principal_by_token_hash(self, token_hash: str) -> Principal | None:
-        principal_id = self._redis.hget(self.keys.key(keys.PRINCIPAL_BY_TOKEN), token_hash)
-        return None if principal_id is None else self.get_principal(principal_id)
+        flat = self._run("principal_by_token", token_hash)  # one round trip: it is on every uncached call
+        return record_from_row(Principal, _as_dict(flat)) if flat else None
 
     def list_principals(self, role: Role | None = None, owner: str | None = None) -> list[Principal]:
         role = None if role is None else check_enum(Role, "role", role)
@@ -938,6 +958,38 @@ class RedisStore(Store):
         validate_numbers({"fraction": fraction, "loss": loss})
         flat = self._run("extend_lease", lease_id, volunteer_id, duration, step, float(fraction), float(loss))
         return record_from_row(Lease, _as_dict(flat))
+
+    def extend_leases(self, extensions: Sequence[LeaseExtension]) -> list[Lease | Exception]:
+        """One pipelined round trip for the group (Redis fsyncs it once); each script runs alone."""
+        out: list[Lease | Exception | None] = []
+        pipe = self._redis.pipeline(transaction=False)
+        script = self._scripts["extend_lease"]
+        for e in extensions:
+            try:
+                duration = check_positive("lease_duration_s", e.lease_duration_s)
+                check_count("step", e.step)
+                validate_numbers({"fraction": e.fraction, "loss": e.loss})
+            except StoreError as exc:
+                out.append(exc)
+                continue
+            out.append(None)
+            script(
+                keys=[self.keys.key(keys.SEQUENCE)],
+                args=[self.keys.root, e.lease_id, e.volunteer_id, duration, e.step, float(e.fraction), float(e.loss)],
+                client=pipe,
+            )
+        replies = iter(pipe.execute(raise_on_error=False) if len(pipe) else [])
+        results: list[Lease | Exception] = []
+        for slot in out:
+            if slot is not None:
+                results.append(slot)
+                continue
+            reply = next(replies)
+            if isinstance(reply, redis.ResponseError):
+                results.append(_store_error(reply))
+            else:
+                results.append(record_from_row(Lease, _as_dict(reply)))
+        return results
 
     def release_lease(self, lease_id: str, volunteer_id: str, reason: str = "") -> Lease:
         check_text("reason", reason, MAX_REASON_BYTES)

@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -66,6 +66,7 @@ from coordinator.store.types import (
     HypothesisState,
     Invite,
     Lease,
+    LeaseExtension,
     LeaseState,
     MergeRecord,
     NormalizedScore,
@@ -743,18 +744,33 @@ class SqliteStore(Store):
         fraction: float = 0.0,
         loss: float = 0.0,
     ) -> Lease:
-        check_positive("lease_duration_s", lease_duration_s)
-        check_count("step", step)
-        validate_numbers({"fraction": fraction, "loss": loss})
+        extension = LeaseExtension(lease_id, volunteer_id, lease_duration_s, step, fraction, loss)
+        with self._transaction(write=True) as conn:
+            return self._extend(conn, extension, self.now())
+
+    def extend_leases(self, extensions: Sequence[LeaseExtension]) -> list[Lease | Exception]:
+        """One transaction (one fsync) for the group; each checked before anything of it is written."""
+        out: list[Lease | Exception] = []
         with self._transaction(write=True) as conn:
             now = self.now()
-            self._live_lease(conn, lease_id, volunteer_id, now)
-            conn.execute(
-                """UPDATE leases SET deadline_s = ?, progress_step = ?, progress_fraction = ?,
-                   progress_loss = ?, heartbeat_s = ? WHERE lease_id = ?""",
-                (now + float(lease_duration_s), step, float(fraction), float(loss), now, lease_id),
-            )
-            return self._lease(conn, lease_id)
+            for extension in extensions:
+                try:
+                    out.append(self._extend(conn, extension, now))
+                except StoreError as exc:
+                    out.append(exc)
+        return out
+
+    def _extend(self, conn: sqlite3.Connection, e: LeaseExtension, now: float) -> Lease:
+        check_positive("lease_duration_s", e.lease_duration_s)
+        check_count("step", e.step)
+        validate_numbers({"fraction": e.fraction, "loss": e.loss})
+        self._live_lease(conn, e.lease_id, e.volunteer_id, now)
+        conn.execute(
+            """UPDATE leases SET deadline_s = ?, progress_step = ?, progress_fraction = ?,
+               progress_loss = ?, heartbeat_s = ? WHERE lease_id = ?""",
+            (now + float(e.lease_duration_s), e.step, float(e.fraction), float(e.loss), now, e.lease_id),
+        )
+        return self._lease(conn, e.lease_id)
 
     def release_lease(self, lease_id: str, volunteer_id: str, reason: str = "") -> Lease:
         check_text("reason", reason, MAX_REASON_BYTES)

@@ -100,6 +100,18 @@ class HypothesisSource(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class LeaseExtension:
+    """One heartbeat, for Store.extend_leases."""
+
+    lease_id: str
+    volunteer_id: str
+    lease_duration_s: float
+    step: int = 0
+    fraction: float = 0.0
+    loss: float = 0.0
+
+
+@dataclass(frozen=True)
 class Principal:
     """A volunteer daemon, or a person/agent with a proposer or admin token."""
 
