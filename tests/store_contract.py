@@ -51,6 +51,7 @@ from coordinator.store.types import (
     HypothesisState,
     Invite,
     Lease,
+    LeaseExtension,
     LeaseState,
     MergeRecord,
     NormalizedScore,
@@ -817,6 +818,33 @@ class StoreContract(SnapshotContract):
         with pytest.raises(NotFoundError):
             store.extend_lease("no-such-lease", volunteer.principal_id, 60.0)
         assert store.get_lease(lease.lease_id) == extended
+
+    @requires("units", "leases")
+    def test_grouped_heartbeats_answer_each_on_its_own(self, store: Store) -> None:
+        """extend_leases: one group, each extension applied or refused exactly as alone."""
+        store.enqueue_unit(make_unit())
+        store.enqueue_unit(make_unit())
+        alice, bob = add_volunteer(store, "alice"), add_volunteer(store, "bob")
+        _, first = self.lease(store, alice)
+        _, second = self.lease(store, bob)
+        results = store.extend_leases([
+            LeaseExtension(first.lease_id, alice.principal_id, 90.0, 7, 0.25, 3.5),
+            LeaseExtension(second.lease_id, alice.principal_id, 90.0),  # bob's lease
+            LeaseExtension("no-such-lease", alice.principal_id, 90.0),
+            LeaseExtension(second.lease_id, bob.principal_id, 90.0, loss=math.inf),
+            LeaseExtension(second.lease_id, bob.principal_id, 0.0),
+            LeaseExtension(second.lease_id, bob.principal_id, 90.0, 3),
+        ])
+        assert [type(r).__name__ for r in results] == [
+            "Lease", "PermissionDeniedError", "NotFoundError", "InvalidValueError", "InvalidValueError", "Lease",
+        ]
+        extended, last = results[0], results[-1]
+        assert isinstance(extended, Lease) and isinstance(last, Lease)
+        assert (extended.progress_step, extended.progress_fraction, extended.progress_loss) == (7, 0.25, 3.5)
+        assert extended.deadline_s == pytest.approx(extended.heartbeat_s + 90.0)
+        assert store.get_lease(first.lease_id) == extended
+        assert store.get_lease(second.lease_id) == last and last.progress_step == 3
+        assert store.extend_leases([]) == []
 
     @requires("units", "leases", "results")
     def test_release_gives_the_unit_back(self, store: Store) -> None:
