@@ -282,7 +282,7 @@ def test_leaderboard_json_shape_and_normalized_gains():
 
 def test_status_and_history_json_shapes():
     status = pb.GetSwarmStatusResponse(
-        head_commit=MERGE_A, queue_depth=3, units_in_flight=2, volunteers_online=4,
+        head_commit=MERGE_A, queue_depth=3, units_in_flight=2, volunteers_online=4, undecided_results=7,
         classes=[pb.ClassStatus(hardware_class="cpu", volunteers_online=4, units_in_flight=2, baseline_val_bpb=2.0,
                                 class_sigma=0.002, baseline_samples=5)],
         recent_merges=sample_merges()[1:],
@@ -291,7 +291,8 @@ def test_status_and_history_json_shapes():
     )
     document = fmt.status_to_json(status)
     assert list(document) == ["schema", "head_commit", "queue_depth", "units_in_flight", "volunteers_online",
-                              "classes", "recent_merges", "settings"]
+                              "undecided_results", "classes", "recent_merges", "settings"]
+    assert document["undecided_results"] == 7
     assert list(document["classes"][0]) == ["hardware_class", "volunteers_online", "units_in_flight",
                                             "baseline_val_bpb", "class_sigma", "baseline_samples"]
     assert list(document["settings"]) == ["budget_s", "dataset_name", "data_manifest_id", "tokenizer_hash",

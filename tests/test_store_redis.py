@@ -164,3 +164,31 @@ def test_a_unit_whose_blob_is_gone_is_reported_as_damage(redis_store: RedisStore
         redis_store.get_unit(unit.unit_id)
     with pytest.raises(StoreIntegrityError):
         redis_store.list_units()
+
+
+def test_long_listings_are_read_in_short_scripts(redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No page script reads more than PAGE_CHUNK records (each blocks Redis while it runs), and a
+    listing across chunks is complete, in order, and has each record once."""
+    from coordinator.store import redis_store as module
+    from coordinator.store.types import HypothesisState
+
+    monkeypatch.setattr(module, "PAGE_CHUNK", 7)
+    added = [redis_store.add_hypothesis(make_hypothesis()).hypothesis_id for _ in range(30)]
+    for hypothesis_id in added[::3]:
+        redis_store.update_hypothesis(hypothesis_id, state=HypothesisState.LEASED)
+    limits: list[int] = []
+    run = redis_store._run
+
+    def spy(script: str, *args: object) -> object:
+        if script == "page":
+            limits.append(int(args[2]))  # type: ignore[arg-type]
+        return run(script, *args)
+
+    monkeypatch.setattr(redis_store, "_run", spy)
+    listed = [h.hypothesis_id for h in redis_store.list_hypotheses(limit=1000)]
+    assert listed == added and len(limits) == 5 and max(limits) <= 7
+    queued = [h.hypothesis_id for h in redis_store.list_hypotheses([HypothesisState.QUEUED], limit=1000)]
+    assert queued == [h for i, h in enumerate(added) if i % 3]
+    both = redis_store.list_hypotheses([HypothesisState.QUEUED, HypothesisState.LEASED], limit=1000)
+    assert [h.hypothesis_id for h in both] == added  # merged across the two state indexes, in order
+    assert [h.hypothesis_id for h in redis_store.list_hypotheses(limit=12)] == added[:12]

@@ -389,6 +389,7 @@ def status_to_json(response: pb.GetSwarmStatusResponse) -> dict[str, Any]:
         "queue_depth": response.queue_depth,
         "units_in_flight": response.units_in_flight,
         "volunteers_online": response.volunteers_online,
+        "undecided_results": response.undecided_results,  # reported, not yet judged
         "classes": [
             {
                 "hardware_class": c.hardware_class,

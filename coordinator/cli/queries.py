@@ -359,7 +359,8 @@ def cmd_status(args: argparse.Namespace, client: Any) -> int:
     settings = document["settings"]
     _print(
         f"head {document['head_commit'][:12] or '-'}  volunteers online {document['volunteers_online']}  "
-        f"queue {document['queue_depth']}  in flight {document['units_in_flight']}\n"
+        f"queue {document['queue_depth']}  in flight {document['units_in_flight']}  "
+        f"awaiting judgement {document['undecided_results']}\n"
         f"dataset {settings['dataset_name'] or '-'}  budget {settings['budget_s']:g} s\n"
     )
     _print(fmt.render_table(

@@ -284,14 +284,9 @@ def to_rejudge(view: PolicyView, result: ResultRecord) -> list[Hypothesis]:
     open_hypotheses = view.hypotheses(OPEN_STATES)
     if result.kind != UnitKind.BASELINE:
         return [h for h in open_hypotheses if h.hypothesis_id == result.hypothesis_id]
-    return [
-        h
-        for h in open_hypotheses
-        if any(
-            r.hardware_class == result.hardware_class
-            for r in view.counting_results(hypothesis_id=h.hypothesis_id)
-        )
-    ]
+    # One read of the class's results, not one per open hypothesis.
+    measured = {r.hypothesis_id for r in view.counting_results(hardware_class=result.hardware_class)}
+    return [h for h in open_hypotheses if h.hypothesis_id in measured]
 
 
 def after_merge(
@@ -915,6 +910,8 @@ class _Context:
             c: math.ceil(self.s.queue_factor * self.online(c)) - len(self.queued(c))
             for c in self.view.active_classes()
         }
+        if not any(v > 0 for v in room.values()):
+            return []  # every queue is deep enough: no need to read the queued hypotheses
         queued = [
             h
             for h in self.view.hypotheses([HypothesisState.QUEUED])

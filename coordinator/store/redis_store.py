@@ -94,6 +94,7 @@ ALL = 2**31  # "no limit" for index reads that return every member
 RESULT_PAGE_CHUNK = 500  # results read per script call while a filter skips some
 SNAPSHOT_BATCH_RECORDS = 200  # records per pipeline when a snapshot is imported or its heavy fields read
 BLOB_READ_BATCH = 200  # code blobs per MGET when reads resolve unit code
+PAGE_CHUNK = 200  # records per page script: each script blocks Redis while it runs
 BLOB_CACHE_ENTRIES = 256  # code texts kept in process (~40 KB each); the cache restarts when full
 # Fields written once with their record and never changed, and large (code, logs): a snapshot reads
 # them after its one-moment script, in batches, so that script's reply stays small.
@@ -706,9 +707,30 @@ class RedisStore(Store):
         start: str = "-inf",
         limit: int = ALL,
         reverse: bool = False,
+        by_seq: bool = True,
     ) -> list[dict[str, str]]:
-        flats = self._run("page", self.keys.record_root(template), start, limit, int(reverse), *indexes)
-        return [_as_dict(flat) for flat in flats]
+        """Records of the indexes in score order after `start`. A long listing is read in chunks
+        of PAGE_CHUNK records: Redis runs one script at a time, and one script reading thousands
+        of records stalls every other client (the serving processes' leases and heartbeats) for
+        tens of milliseconds. Between chunks a record may move from one state index to another,
+        so one read twice is kept once. Indexes not scored by `seq` are read in one script."""
+        root = self.keys.record_root(template)
+        if not by_seq:
+            return [_as_dict(flat) for flat in self._run("page", root, start, limit, int(reverse), *indexes)]
+        id_field = _ID_FIELDS[template]
+        rows: list[dict[str, str]] = []
+        seen: set[str] = set()
+        while len(rows) < limit:
+            want = min(PAGE_CHUNK, limit - len(rows))
+            chunk = [_as_dict(flat) for flat in self._run("page", root, start, want, int(reverse), *indexes)]
+            for row in chunk:
+                if row[id_field] not in seen:
+                    seen.add(row[id_field])
+                    rows.append(row)
+            if len(chunk) < want:
+                break
+            start = f"({chunk[-1]['seq']}"
+        return rows
 
     def _after(self, template: str, record_id: str) -> str:
         """The exclusive start of the page after record_id (the page script finds its seq)."""
@@ -941,7 +963,10 @@ class RedisStore(Store):
 
     def list_leases(self, active_only: bool = True) -> list[Lease]:
         index = keys.LEASES_ACTIVE if active_only else keys.LEASES
-        rows = sorted(self._page(keys.LEASE, [self.keys.key(index)]), key=lambda row: int(row["seq"]))
+        rows = sorted(
+            self._page(keys.LEASE, [self.keys.key(index)], by_seq=index == keys.LEASES),
+            key=lambda row: int(row["seq"]),
+        )
         return [record_from_row(Lease, row) for row in rows]
 
     def extend_lease(
