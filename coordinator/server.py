@@ -178,7 +178,9 @@ class CoordinatorServer:
     async def start(self) -> int:
         if not self.options.secondary:
             self.core.reconcile()
-            if self.decider_process is not None:
+            if self.decider_process is not None and self.decider is not None:
+                earlier = self.decider.last_pass()  # a previous decider's counts are not ours
+                self._counted = (int(earlier.get("merges", 0)), int(earlier.get("reverts", 0)))
                 self.decider_process.start()  # its first pass judges what arrived meanwhile
             else:
                 self.core.plan()
@@ -238,6 +240,8 @@ class CoordinatorServer:
         return self.port
 
     async def _maintain(self) -> None:
+        from coordinator.service.metrics import METRICS
+
         plan_due = 0.0
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
@@ -251,6 +255,8 @@ class CoordinatorServer:
                     self._supervise_secondaries()
                     self._follow_head()
                     self._count_decisions()
+                    if self.options.metrics_port:  # the backlog, counted up to 1,000 (a store read)
+                        METRICS.undecided_results.set(await self.run_blocking(self.core.undecided_results, 1000))
                     continue
                 if time.monotonic() < plan_due:
                     continue
@@ -312,9 +318,9 @@ class CoordinatorServer:
         record = self.decider.last_pass()
         merges, reverts = int(record.get("merges", 0)), int(record.get("reverts", 0))
         seen_merges, seen_reverts = self._counted
-        # The decider's counts restart with it; count only what grew since the last look.
-        METRICS.merges.inc(max(0, merges - seen_merges) if merges >= seen_merges else merges)
-        METRICS.reverts.inc(max(0, reverts - seen_reverts) if reverts >= seen_reverts else reverts)
+        # A restarted decider counts from zero again: then all of its count is new.
+        METRICS.merges.inc(merges - seen_merges if merges >= seen_merges else merges)
+        METRICS.reverts.inc(reverts - seen_reverts if reverts >= seen_reverts else reverts)
         self._counted = (merges, reverts)
 
     def _follow_head(self) -> None:

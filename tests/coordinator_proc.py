@@ -204,3 +204,23 @@ def run_swarm(volunteers: list[ScriptedVolunteer], landscape: Landscape, max_rou
         if did == 0:
             return runs
     return runs
+
+
+def merge_a_win(
+    proc: CoordinatorProcess, volunteers: list[ScriptedVolunteer], landscape: Landscape,
+    constant_changes: Mapping[str, str] | None = None, max_rounds: int = 30,
+) -> str:
+    """Baselines, then a submitted constant change run until it merges; returns its hypothesis id."""
+    changes = dict(constant_changes or {"MATRIX_LR": "0.05"})
+    run_swarm(volunteers, landscape, max_rounds=6)
+    with proc.admin() as admin:
+        title = " ".join(f"{name} {value}" for name, value in changes.items())
+        hypothesis_id = admin.submit(title, constant_changes=changes).hypothesis_id
+
+    def merged() -> bool:
+        with proc.admin() as admin:
+            return admin.hypothesis(hypothesis_id).hypothesis.state == pb.HYPOTHESIS_STATE_MERGED
+
+    run_swarm(volunteers, landscape, max_rounds=max_rounds, until=merged)
+    assert merged(), proc.log()[-3000:]
+    return hypothesis_id

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from coordinator_proc import ScriptedVolunteer, coordinator_process, run_swarm
+from coordinator_proc import ScriptedVolunteer, coordinator_process, merge_a_win, run_swarm
 
 from autoswarm.v1 import swarm_pb2 as pb
 from coordinator.service import decider as decider_mod
@@ -160,16 +160,7 @@ def test_two_serving_processes_share_the_port_and_the_decider(tmp_path):
         def landscape(constants, hardware_class):
             return 1.0 - (0.01 if constants.get("MATRIX_LR") == 0.05 else 0.0)
 
-        run_swarm(volunteers, landscape, max_rounds=6)
-        with proc.admin() as admin:
-            hypothesis_id = admin.submit("MATRIX_LR 0.05", constant_changes={"MATRIX_LR": "0.05"}).hypothesis_id
-
-        def merged() -> bool:
-            with proc.admin() as admin:
-                return admin.hypothesis(hypothesis_id).hypothesis.state == pb.HYPOTHESIS_STATE_MERGED
-
-        run_swarm(volunteers, landscape, max_rounds=30, until=merged)
-        assert merged()
+        merge_a_win(proc, volunteers, landscape)
         # A secondary that dies is replaced; the primary's death takes every child with it.
         os.kill(secondary, signal.SIGKILL)
         assert _wait(lambda: len([p for p in _children(proc.proc.pid) if p != secondary]) >= 2, 20)
@@ -184,3 +175,25 @@ def test_several_serving_processes_need_the_decider_process(tmp_path):
     proc = coordinator_process(tmp_path / "c", extra=["--serving-processes", "2", "--decisions", "inline"])
     with pytest.raises(RuntimeError, match="decisions in their own process"):
         proc.start(timeout_s=30)
+
+
+def test_merges_made_by_the_decider_reach_the_servers_metrics(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    proc = coordinator_process(tmp_path / "c", policy=POLICY, extra=["--metrics-port", str(metrics_port)]).start()
+    try:
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol")]
+        merge_a_win(proc, volunteers, lambda constants, cls: 1.0 - (0.01 if constants.get("MATRIX_LR") == 0.05 else 0.0))
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                return response.read().decode()
+
+        assert _wait(lambda: "autoswarm_merges_total 1.0" in scrape(), 20), scrape()
+        assert "autoswarm_undecided_results 0.0" in scrape()
+    finally:
+        proc.stop()

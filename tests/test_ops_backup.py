@@ -21,7 +21,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from coordinator_proc import CoordinatorProcess, ScriptedVolunteer, coordinator_process, run_swarm
+from coordinator_proc import (
+    CoordinatorProcess,
+    ScriptedVolunteer,
+    coordinator_process,
+    merge_a_win,
+)
 
 from autoswarm.v1 import swarm_pb2 as pb
 from coordinator import ops
@@ -80,16 +85,7 @@ def build_history(proc: CoordinatorProcess, rotate: bool) -> list[ScriptedVolunt
     (Scripted volunteers verify units against the key they registered with: no rotation where
     they lease afterwards.)"""
     volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol")]
-    run_swarm(volunteers, landscape, max_rounds=6)
-    with proc.admin() as admin:
-        hypothesis_id = admin.submit("MATRIX_LR 0.05", constant_changes={"MATRIX_LR": "0.05"}).hypothesis_id
-
-    def merged() -> bool:
-        with proc.admin() as admin:
-            return admin.hypothesis(hypothesis_id).hypothesis.state == pb.HYPOTHESIS_STATE_MERGED
-
-    run_swarm(volunteers, landscape, max_rounds=30, until=merged)
-    assert merged(), proc.log()[-3000:]
+    merge_a_win(proc, volunteers, landscape)
     if rotate:
         with proc.admin() as admin:
             admin.rotate_key(transition_s=3600)

@@ -23,6 +23,7 @@ class Metrics:
     queue_depth: Gauge
     in_flight: Gauge
     volunteers_online: Gauge
+    undecided_results: Gauge
 
 
 def _build() -> Metrics:
@@ -45,6 +46,9 @@ def _build() -> Metrics:
         queue_depth=Gauge("autoswarm_queue_depth", "queued work units", registry=registry),
         in_flight=Gauge("autoswarm_units_in_flight", "active leases", registry=registry),
         volunteers_online=Gauge("autoswarm_volunteers_online", "volunteers seen recently", registry=registry),
+        undecided_results=Gauge(
+            "autoswarm_undecided_results", "results reported but not yet judged by the decider", registry=registry
+        ),
     )
 
 
