@@ -38,14 +38,19 @@ class CoordinatorClient:
         *,
         tls_ca: Path | str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        own_connection: bool = False,
     ) -> None:
         """tls_ca: a CA bundle (PEM) for a private certificate; "system" for the system's CAs
         (a publicly signed certificate). Without it, port 443 means TLS with the system's CAs and
-        any other port plain text (loopback, tests, a TLS-terminating sidecar)."""
+        any other port plain text (loopback, tests, a TLS-terminating sidecar). own_connection:
+        do not share a connection with other clients of this process to the same target (gRPC
+        shares them by default), e.g. to reach every serving process behind one port."""
         self.target = target
         self.token = token
         self.timeout_s = timeout_s
-        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
         if tls_ca is None and target.rsplit(":", 1)[-1] == "443":
             tls_ca = SYSTEM_CAS
         if tls_ca is not None:

@@ -49,6 +49,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 PLAN_DUTY_FACTOR = 4.0  # a policy pass waits at least this many times its own duration before the next
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
+SECONDARY_START_S = 60.0  # how long the primary waits for another serving process to listen
 REVOCATION_POLL_S = 1.0  # how soon a secondary serving process sees a revocation made elsewhere
 
 
@@ -229,7 +230,7 @@ class CoordinatorServer:
         if self.mirror is not None:
             self.mirror.start()
         for _ in range(self.options.serving_processes - 1):
-            self.secondaries.append(self._start_secondary(address))
+            self.secondaries.append(await self._start_secondary(address))
         ready = {
             "address": address, "pid": os.getpid(), "public_key": self.signer.public_key.hex(),
             "decider_pid": self.decider_process.pid if self.decider_process is not None else None,
@@ -249,10 +250,10 @@ class CoordinatorServer:
                 expired = await self.run_blocking(self.core.expire)
                 if expired:
                     log.info("expired %d lease(s); their units are leasable again", len(expired))
-                self._follow_revocations()
+                self._follow_other_processes()
                 if self.decider_process is not None:
                     self.decider_process.ensure_running()
-                    self._supervise_secondaries()
+                    await self._supervise_secondaries()
                     self._follow_head()
                     self._count_decisions()
                     if self.options.metrics_port:  # the backlog, counted up to 1,000 (a store read)
@@ -271,39 +272,54 @@ class CoordinatorServer:
             except Exception:
                 log.exception("maintenance failed")
 
-    def _start_secondary(self, address: str) -> subprocess.Popen[bytes]:
-        """Another serving process on the same port, with these options (see serve_secondary)."""
+    async def _start_secondary(self, address: str) -> subprocess.Popen[bytes]:
+        """Another serving process on the same port, with these options (see serve_secondary);
+        returns once it listens (its first line on stdout), so the ready file means all do."""
         options = dataclasses.replace(self.options, listen=address, secondary=True, metrics_port=0, mirror_url="")
         encoded = json.dumps(
             {**dataclasses.asdict(options), "data_dir": str(options.data_dir),
              "tls_cert": str(options.tls_cert or ""), "tls_key": str(options.tls_key or "")},
             default=dict,
         )
-        process = subprocess.Popen([sys.executable, "-m", "coordinator.server", encoded], stdin=subprocess.PIPE)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.server", encoded], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert process.stdout is not None
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, process.stdout.readline), SECONDARY_START_S
+            )
+        except TimeoutError:
+            log.error("serving process %d did not start listening in %.0f s", process.pid, SECONDARY_START_S)
         log.info("serving process %d started", process.pid)
         return process
 
-    def _supervise_secondaries(self) -> None:
+    async def _supervise_secondaries(self) -> None:
         for index, process in enumerate(self.secondaries):
             if process.poll() is not None:
                 log.error("serving process %d exited with %s; restarting it", process.pid, process.returncode)
-                self.secondaries[index] = self._start_secondary(f"{self.options.listen.rsplit(':', 1)[0]}:{self.port}")
+                address = f"{self.options.listen.rsplit(':', 1)[0]}:{self.port}"
+                self.secondaries[index] = await self._start_secondary(address)
 
     async def _maintain_secondary(self) -> None:
-        """A secondary follows revocations, and exits when the primary does (its stdin closes)."""
+        """A secondary follows revocations and key rotations, and exits when the primary does
+        (its stdin closes)."""
         loop = asyncio.get_running_loop()
         gone = loop.run_in_executor(None, sys.stdin.buffer.read)
         while not gone.done():
             await asyncio.sleep(REVOCATION_POLL_S)
             try:
-                self._follow_revocations()
+                self._follow_other_processes()
             except Exception:
                 log.exception("maintenance failed")
         log.info("primary serving process gone: exiting")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def _follow_revocations(self) -> None:
-        """A revocation through another serving process: forget cached principals and results."""
+    def _follow_other_processes(self) -> None:
+        """What another serving process changed: a revocation (forget cached principals and
+        results) or a key rotation (sign with the new key)."""
+        if self.signer.reload_if_changed():
+            log.info("signing key changed on disk (rotated elsewhere): now signing with %s", self.signer.key_id[:16])
         epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
         if epoch != self._revocation_epoch:
             self._revocation_epoch = epoch
@@ -337,6 +353,8 @@ class CoordinatorServer:
         if self._server is not None:
             await self._server.stop(grace_s)
         for process in self.secondaries:
+            if process.stdin is not None:
+                process.stdin.close()  # EOF ends its stdin watch, so its own shutdown can finish
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in self.secondaries:

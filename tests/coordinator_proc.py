@@ -81,7 +81,9 @@ class CoordinatorProcess:
             return self.proc.wait(timeout=10)
 
     def client(self, token: str | None = None) -> CoordinatorClient:
-        return CoordinatorClient(self.address, token, timeout_s=15.0)
+        # Each client its own connection, as each volunteer has: with several serving processes
+        # on the port, the kernel spreads connections (not calls) over them.
+        return CoordinatorClient(self.address, token, timeout_s=15.0, own_connection=True)
 
     def settle(self, timeout_s: float = 20.0) -> None:
         """Wait until the decision process has judged every reported result (reports are

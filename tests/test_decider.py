@@ -197,3 +197,29 @@ def test_merges_made_by_the_decider_reach_the_servers_metrics(tmp_path):
         assert "autoswarm_undecided_results 0.0" in scrape()
     finally:
         proc.stop()
+
+
+def test_serving_processes_stop_together_and_follow_a_key_rotation(tmp_path):
+    from coordinator.client import CoordinatorClient
+
+    proc = coordinator_process(tmp_path / "c", policy=POLICY, extra=["--serving-processes", "2"]).start()
+    ready = json.loads((proc.data_dir / "coordinator.json").read_text())
+    pids = [*ready["serving_pids"], ready["decider_pid"]]
+    try:
+        with proc.admin() as admin:
+            rotated = admin.rotate_key(3600.0)
+        # Every serving process answers with the new key within its maintenance interval; each
+        # call below is a new connection, so both processes are asked again and again.
+        def everyone_has_it() -> bool:
+            keys = set()
+            for _ in range(12):
+                with CoordinatorClient(proc.address, None, timeout_s=10.0, own_connection=True) as client:
+                    keys.add(client.config().coordinator_public_key)
+            return keys == {rotated.new_public_key}
+
+        assert _wait(everyone_has_it, 20)
+    finally:
+        started = time.monotonic()
+        assert proc.stop() == 0
+    assert time.monotonic() - started < 12, "a graceful stop waited on a serving process"
+    assert _wait(lambda: not any(_alive(pid) for pid in pids), 10)

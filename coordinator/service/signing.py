@@ -75,9 +75,30 @@ class SigningKeys:
     def __init__(self, key_dir: Path) -> None:
         self._dir = key_dir
         self._lock = threading.Lock()
-        self._current = _read_private(key_dir / CURRENT_KEY_FILE)
+        self._load()
+
+    def _files_state(self) -> tuple[int, int]:
+        def mtime(name: str) -> int:
+            try:
+                return (self._dir / name).stat().st_mtime_ns
+            except FileNotFoundError:
+                return 0
+
+        return mtime(CURRENT_KEY_FILE), mtime(ROTATION_FILE)
+
+    def reload_if_changed(self) -> bool:
+        """Another serving process rotated the key: take the files' keys (True when it did)."""
+        with self._lock:
+            if self._files_state() == self._loaded_state:
+                return False
+            self._load()
+            return True
+
+    def _load(self) -> None:
+        self._loaded_state = self._files_state()
+        self._current = _read_private(self._dir / CURRENT_KEY_FILE)
         self._endorsement: Endorsement | None = None
-        rotation = key_dir / ROTATION_FILE
+        rotation = self._dir / ROTATION_FILE
         if rotation.exists():
             data = json.loads(rotation.read_text())
             self._endorsement = Endorsement(
@@ -144,4 +165,5 @@ class SigningKeys:
             os.replace(tmp, self._dir / ROTATION_FILE)
             self._current = fresh
             self._endorsement = endorsement
+            self._loaded_state = self._files_state()
             return new_public, endorsement.endorsed_by
