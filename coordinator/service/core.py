@@ -133,7 +133,7 @@ class CoordinatorCore:
         self.delegate: DecisionDelegate | None = None
         self.merges_done = 0
         self.reverts_done = 0
-        self._pinned_tokenizer: str | None = None  # None: not read yet
+        self._pinned_tokenizer = ""  # empty: not pinned when last read
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -280,9 +280,10 @@ class CoordinatorCore:
         )
 
     def pinned_tokenizer_hash(self) -> str:
-        """The swarm's tokenizer: the operator's, or the first ok result's. Only a report to this
-        process pins it (see report), so it is read from the store once."""
-        if self._pinned_tokenizer is None:
+        """The swarm's tokenizer: the operator's, or the first ok result's (pinned by whichever
+        serving process takes that report). Once pinned it never changes, so it is read from the
+        store only until then."""
+        if not self._pinned_tokenizer:
             self._pinned_tokenizer = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
         return self._pinned_tokenizer
 
@@ -317,7 +318,7 @@ class CoordinatorCore:
             return ReportOutcome(record, True, self._state_of(record.hypothesis_id))
         if metrics.status == RunStatus.OK and not self.pinned_tokenizer_hash() and metrics.tokenizer_hash:
             self.store.compare_and_set_meta(META_TOKENIZER_HASH, None, metrics.tokenizer_hash)
-            self._pinned_tokenizer = None  # read the winner of the race next time
+            self._pinned_tokenizer = ""  # read the winner of the race next time
         if self.delegate is not None:
             self.delegate.wake()  # judged by the decider, from the store, after this answer
             return ReportOutcome(record, False, None)  # its state is about to change: not sent
