@@ -183,6 +183,12 @@ class CoordinatorServer:
                 earlier = self.decider.last_pass()  # a previous decider's counts are not ours
                 self._counted = (int(earlier.get("merges", 0)), int(earlier.get("reverts", 0)))
                 self.decider_process.start()  # its first pass judges what arrived meanwhile
+                # Serve once it listens for wake-ups, so no early lease's wake-up is lost.
+                decider = self.decider
+                if not await asyncio.get_running_loop().run_in_executor(
+                    None, decider.wait_for_reader, SECONDARY_START_S
+                ):
+                    log.error("the decider did not start in %.0f s; serving anyway", SECONDARY_START_S)
             else:
                 self.core.plan()
         self._revocation_epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""

@@ -169,11 +169,13 @@ class ScriptedVolunteer:
         unit.ParseFromString(signed.work_unit)
         return unit
 
-    def report(self, unit: pb.WorkUnit, val_bpb: float, status: int = pb.RUN_STATUS_OK) -> pb.ReportResultResponse:
+    def report(
+        self, unit: pb.WorkUnit, val_bpb: float, status: int = pb.RUN_STATUS_OK, tokenizer_hash: str = "tok-test"
+    ) -> pb.ReportResultResponse:
         result = pb.RunResult(
             status=status, val_bpb=val_bpb if status == pb.RUN_STATUS_OK else 0.0,
             training_s=unit.settings.budget_s, total_s=unit.settings.budget_s + 1,
-            num_steps=100, total_tokens=100_000, tokenizer_hash="tok-test",
+            num_steps=100, total_tokens=100_000, tokenizer_hash=tokenizer_hash,
             data_manifest_id=unit.settings.data_manifest_id, attention_backend="sdpa",
         )
         with self.client() as client:

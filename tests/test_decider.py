@@ -223,3 +223,27 @@ def test_serving_processes_stop_together_and_follow_a_key_rotation(tmp_path):
         assert proc.stop() == 0
     assert time.monotonic() - started < 12, "a graceful stop waited on a serving process"
     assert _wait(lambda: not any(_alive(pid) for pid in pids), 10)
+
+
+def test_a_tokenizer_pinned_through_one_serving_process_binds_them_all(tmp_path):
+    from coordinator.service.errors import PreconditionError
+
+    proc = coordinator_process(tmp_path / "c", policy=POLICY, extra=["--serving-processes", "2"]).start()
+    try:
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol", "dave")]
+        first = volunteers[2].lease()  # the first ok result pins the tokenizer
+        assert first is not None
+        volunteers[2].report(first, 1.0, tokenizer_hash="tok-a")
+        refused = 0
+        for _ in range(6):  # each report a new connection: both processes answer some of them
+            for volunteer in (volunteers[3], volunteers[2]):
+                unit = volunteer.lease()
+                if unit is None:
+                    continue
+                with pytest.raises(PreconditionError, match="tok-a"):
+                    volunteer.report(unit, 1.0, tokenizer_hash="tok-b")
+                refused += 1
+                volunteer.report(unit, 1.0, tokenizer_hash="tok-a")
+        assert refused >= 4
+    finally:
+        proc.stop()

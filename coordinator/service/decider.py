@@ -94,6 +94,20 @@ class DeciderLink:
                     self._fd = None
         return time.time()
 
+    def wait_for_reader(self, timeout_s: float) -> bool:
+        """Until a decider has the FIFO open (before that, a wake-up has nobody to go to)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(PASS_POLL_S)
+                continue
+            os.close(fd)
+            return True
+
     def last_pass(self) -> dict[str, float]:
         try:
             mtime = self.passes_path.stat().st_mtime_ns
@@ -288,20 +302,26 @@ def run_decider(core: object, data_dir: Path, stdin_fd: int = 0) -> None:
     next_idle_pass = 0.0
     last_pass_started = 0.0
     passes = 0
+    pending: set[str] = set()  # read after the last pass, not yet acted on
     log.info("decider ready (cursor %s)", decider.cursor or "at the start")
     while True:
-        wait_s = max(0.0, min(next_idle_pass - time.monotonic(), 1.0))
-        readable, _, _ = select.select([fifo_fd, stdin_fd], [], [], wait_s)
-        if stdin_fd in readable and not os.read(stdin_fd, 4096):
-            log.info("serving process gone: decider exits")
-            return
-        commands = _drain(fifo_fd, buffer) if fifo_fd in readable else set()
+        if pending:
+            commands, pending = pending, set()
+        else:
+            wait_s = max(0.0, min(next_idle_pass - time.monotonic(), 1.0))
+            readable, _, _ = select.select([fifo_fd, stdin_fd], [], [], wait_s)
+            if stdin_fd in readable and not os.read(stdin_fd, 4096):
+                log.info("serving process gone: decider exits")
+                return
+            commands = _drain(fifo_fd, buffer) if fifo_fd in readable else set()
+            if not commands and time.monotonic() < next_idle_pass:
+                continue
         now = time.monotonic()
-        if not commands and now < next_idle_pass:
-            continue
         if commands and now - last_pass_started < MIN_PASS_INTERVAL_S:
             time.sleep(MIN_PASS_INTERVAL_S - (now - last_pass_started))
-        covered_until = time.time()  # every line written before this is in the pipe: drain it
+        # Every line written before `started` is in the pipe now, so this pass reads it: a pass
+        # covers the wake-ups written before its start.
+        started = time.time()
         commands |= _drain(fifo_fd, buffer)
         last_pass_started = time.monotonic()
         try:
@@ -313,6 +333,12 @@ def run_decider(core: object, data_dir: Path, stdin_fd: int = 0) -> None:
             log.warning("decision pass took %.1f s", took_s)
         next_idle_pass = time.monotonic() + max(IDLE_PASS_INTERVAL_S, (PASS_DUTY_FACTOR - 1) * took_s)
         passes += 1
+        # A line written after `started` may have been read by the drain above and acted on, yet
+        # its writer waits for a later time. With nothing written since the pass, everything
+        # before now was acted on: say so, rather than leave the writer for the next wake-up.
+        finished = time.time()
+        pending = _drain(fifo_fd, buffer)
+        covered_until = started if pending else finished
         _write_passes(passes_path, {
             "covered_until": covered_until, "passes": passes, "took_s": round(took_s, 3),
             "merges": core.merges_done, "reverts": core.reverts_done,  # type: ignore[attr-defined]
