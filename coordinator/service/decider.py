@@ -12,7 +12,8 @@ neither holds a serving process's GIL nor takes CPU the RPCs need:
     revocation                           --"rejudge"> judge every open hypothesis
 
 Wake-ups go through a named pipe in the data dir (`decider.wake`); after each pass the decider
-rewrites `decider.passes` with the time up to which it had read that pipe.
+rewrites `decider.passes` with `covered_until`: every wake-up written before that time was read
+and acted on (the pass's start, or its end when nothing was written during it).
 
 Invariants:
 - Nothing acknowledged waits on this process. A result is durable in the store before the serving
