@@ -8,6 +8,7 @@ behind, and that the decider resumes from its cursor.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -140,11 +141,11 @@ def test_wake_ups_are_read_whole_and_coalesced(tmp_path):
 def test_a_waiter_is_released_only_by_a_pass_that_read_its_wake_up(tmp_path):
     link = decider_mod.DeciderLink(tmp_path)
     sent = link.wake()
-    assert not link.wait_for_pass(sent, 0.05)  # no pass at all
+    assert not asyncio.run(link.wait_for_pass_async(sent, 0.05))  # no pass at all
     decider_mod._write_passes(link.passes_path, {"covered_until": sent - 1.0, "passes": 1})
     assert not link.covered(sent)  # that pass read the pipe before this wake-up
     decider_mod._write_passes(link.passes_path, {"covered_until": sent + 0.001, "passes": 2})
-    assert link.wait_for_pass(sent, 1.0)
+    assert asyncio.run(link.wait_for_pass_async(sent, 1.0))
 
 
 def test_two_serving_processes_share_the_port_and_the_decider(tmp_path):

@@ -79,7 +79,7 @@ class DeciderLink:
         self._passes: tuple[int, dict[str, float]] = (-1, {})  # (mtime_ns, contents)
 
     def wake(self, command: str = COMMAND_WAKE) -> float:
-        """Ask for a pass; returns the time to wait for (see wait_for_pass). Never blocks: with
+        """Ask for a pass; returns the time to wait for (see wait_for_pass_async). Never blocks: with
         the pipe full a wake-up is pending anyway, and with no decider its first pass covers it."""
         line = f"{command}\n".encode()
         with self._lock:
@@ -124,16 +124,9 @@ class DeciderLink:
     def covered(self, stamp: float) -> bool:
         return float(self.last_pass().get("covered_until", 0.0)) >= stamp
 
-    def wait_for_pass(self, stamp: float, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not self.covered(stamp):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(PASS_POLL_S)
-        return True
-
     async def wait_for_pass_async(self, stamp: float, timeout_s: float) -> bool:
-        """wait_for_pass for the event loop: no worker thread is held while the decider works."""
+        """Until a pass covered a wake-up sent at `stamp` (see wake); polls on the event loop, so
+        no worker thread is held while the decider works."""
         deadline = time.monotonic() + timeout_s
         while not self.covered(stamp):
             if time.monotonic() >= deadline:
@@ -165,7 +158,6 @@ class DeciderProcess:
     def __init__(self, command: list[str]) -> None:
         self._command = command
         self._process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     def start(self) -> None:
         self._process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stderr=None, close_fds=True)
@@ -175,14 +167,10 @@ class DeciderProcess:
     def pid(self) -> int:
         return self._process.pid if self._process is not None else 0
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def ensure_running(self) -> None:
         """Restart a decider that died (called by the server's maintenance task)."""
         if self._process is not None and self._process.poll() is not None:
             log.error("decider process %d exited with %s; restarting it", self._process.pid, self._process.returncode)
-            self.restarts += 1
             self.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
