@@ -747,6 +747,8 @@ def core_costs(store_kind: str, hypotheses: int, scratch: Path, cycles: int = 60
     from coordinator.service.auth import hash_token
     from coordinator.service.core import CoordinatorCore, SwarmConfig
     from coordinator.service.signing import SigningKeys
+    from coordinator.service.work_loop import WorkLoop
+    from coordinator.store.aio import hot_store_for
     from coordinator.store.base import open_store
     from coordinator.store.types import Role, RunMetrics, RunStatus
 
@@ -781,22 +783,31 @@ def core_costs(store_kind: str, hypotheses: int, scratch: Path, cycles: int = 60
               flush=True)
         rng = random.Random(0)
         reported = 0
+        loop = asyncio.new_event_loop()
+
+        async def in_thread(fn: Any, *fn_args: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *fn_args)
+
+        async def make_work_loop() -> WorkLoop:
+            return WorkLoop(core, hot_store_for(store, in_thread), in_thread)  # decisions inline, as timed before
+
+        work = loop.run_until_complete(make_work_loop())
         for slice_size in (cycles // 6, cycles // 3, cycles // 2):
             lease_s, extend_s, report_s = [], [], []
             for _ in range(slice_size):
                 volunteer = volunteers[reported % len(volunteers)]
                 t0 = time.perf_counter()
-                grant = core.lease_work(volunteer, HARDWARE_CLASS, 0)
+                grant = loop.run_until_complete(work.lease(volunteer, HARDWARE_CLASS, 0))
                 t1 = time.perf_counter()
                 if grant is None:
                     break
-                core.heartbeat(volunteer, grant.lease.lease_id, 10, 0.1, 3.0)
+                loop.run_until_complete(work.heartbeat(volunteer, grant.lease.lease_id, 10, 0.1, 3.0))
                 t2 = time.perf_counter()
                 metrics = RunMetrics(
                     status=RunStatus.OK, val_bpb=rng.gauss(BASELINE_BPB, REPORT_SIGMA_BPB), tokenizer_hash="t",
                     data_manifest_id="m", training_s=RUN_PERIOD_S, total_s=RUN_PERIOD_S + 20,
                 )
-                core.report(volunteer, grant.lease.lease_id, metrics)
+                loop.run_until_complete(work.report(volunteer, grant.lease.lease_id, metrics))
                 t3 = time.perf_counter()
                 lease_s.append(t1 - t0)
                 extend_s.append(t2 - t1)
@@ -813,6 +824,8 @@ def core_costs(store_kind: str, hypotheses: int, scratch: Path, cycles: int = 60
             out["slices"].append(row)
             print(f"  up to {reported} results: median lease {row['lease_ms']} ms, extend {row['extend_ms']} ms, "
                   f"report {row['report_ms']} ms", flush=True)
+        loop.run_until_complete(work.hot.close())
+        loop.close()
         started = time.perf_counter()
         core.plan()
         out["plan_ms_after"] = round((time.perf_counter() - started) * 1000, 1)

@@ -34,6 +34,8 @@ from coordinator.service.core import META_REVOCATION_EPOCH, CoordinatorCore, Swa
 from coordinator.service.decider import DeciderLink, DeciderProcess, decider_command
 from coordinator.service.servicer import AdminServicer, Blocking, CoordinatorServicer
 from coordinator.service.signing import SigningKeys
+from coordinator.service.work_loop import WorkLoop
+from coordinator.store.aio import HotStore, hot_store_for
 from coordinator.store.base import Store, open_store
 from coordinator.store.types import Role
 
@@ -171,7 +173,8 @@ class CoordinatorServer:
         # lease extensions per second, 48 a third fewer at 6x the latency).
         self.run_blocking = Blocking(RPC_WORKERS)
         self.run_decisions = Blocking(DECISION_WORKERS, name="decide")  # calls that take the core's lock
-        self.cache = PrincipalCache(self.store)
+        self.cache = PrincipalCache()
+        self.hot: HotStore | None = None  # the volunteer loop's async store (start() makes it)
         self._server: grpc.aio.Server | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self.port = 0
@@ -192,8 +195,10 @@ class CoordinatorServer:
             else:
                 self.core.plan()
         self._revocation_epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
+        self.hot = hot_store_for(self.store, self.run_blocking)  # made on the loop that uses it
+        work = WorkLoop(self.core, self.hot, self.run_blocking, self.run_decisions)
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.cache, self.run_blocking)],
+            interceptors=[AuthInterceptor(self.cache, self.hot)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -202,7 +207,7 @@ class CoordinatorServer:
         )
         pb_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(
-                self.core, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions, self.decider
+                self.core, work, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions, self.decider
             ),
             server,
         )
@@ -372,6 +377,8 @@ class CoordinatorServer:
             await asyncio.get_running_loop().run_in_executor(None, self.decider_process.stop)
         if self.decider is not None:
             self.decider.close()
+        if self.hot is not None:
+            await self.hot.close()
         self.run_blocking.shutdown()
         self.run_decisions.shutdown()
         if self.mirror is not None:

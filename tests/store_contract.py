@@ -1090,6 +1090,22 @@ class StoreContract(SnapshotContract):
         assert store.list_leases() == []
 
     @requires("units", "leases", "results")
+    def test_report_context_reads_lease_unit_and_a_stored_result(self, store: Store) -> None:
+        """What a report reads before it is scored: the stored result only once the lease ended."""
+        unit = store.enqueue_unit(make_unit())
+        volunteer = add_volunteer(store)
+        _, lease = self.lease(store, volunteer)
+        context = store.report_context(lease.lease_id)
+        assert context.lease == store.get_lease(lease.lease_id)
+        assert context.unit == store.get_unit(unit.unit_id, with_code=False)
+        assert context.unit.train_py == "" and context.existing is None
+        record = self.report(store, volunteer, lease.lease_id)
+        after = store.report_context(lease.lease_id)
+        assert after.lease.state == LeaseState.REPORTED and after.existing == record
+        with pytest.raises(NotFoundError):
+            store.report_context("no-such-lease")
+
+    @requires("units", "leases", "results")
     def test_report_refusals_change_nothing(self, store: Store) -> None:
         """5, 7 and 2: typed errors, and the lease stays reportable."""
         store.enqueue_unit(make_unit())

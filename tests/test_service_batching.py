@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from coordinator.service.batching import HeartbeatGroups
+from coordinator.store.aio import ThreadedHotStore
 from coordinator.store.errors import NotFoundError, PermissionDeniedError
 from coordinator.store.sqlite_store import SqliteStore
 from coordinator.store.types import Role, UnitKind, WorkUnit
@@ -36,7 +37,7 @@ def test_concurrent_heartbeats_share_store_trips_and_keep_their_own_answers(tmp_
             await loop.run_in_executor(None, gate.wait, 5.0)
         return await loop.run_in_executor(None, fn, *args)
 
-    groups = HeartbeatGroups(store, lambda: 500.0, run_blocking)
+    groups = HeartbeatGroups(ThreadedHotStore(store, run_blocking), lambda: 500.0)
 
     async def main():
         calls = [groups.extend(volunteer, lease.lease_id, 5, 0.5, 2.0) for volunteer, lease in pairs]
@@ -69,7 +70,7 @@ def test_a_failed_trip_fails_every_caller_of_its_group(tmp_path):
     async def broken(fn, *args):
         raise ConnectionError("store unreachable")
 
-    groups = HeartbeatGroups(store, lambda: 500.0, broken)
+    groups = HeartbeatGroups(ThreadedHotStore(store, broken), lambda: 500.0)
 
     async def main():
         return await asyncio.gather(groups.extend(volunteer, lease.lease_id, 1, 0.1, 1.0), return_exceptions=True)

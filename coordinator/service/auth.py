@@ -12,13 +12,12 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from coordinator.service.errors import UnauthenticatedError, status_for
-from coordinator.store.base import Store
+from coordinator.store.aio import HotStore
 from coordinator.store.errors import PermissionDeniedError
 from coordinator.store.types import Principal, Role
 
@@ -53,34 +52,7 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
 }
 ADMIN_SERVICE_PREFIX = "/autoswarm.v1.Admin/"
 
-# The volunteer loop's methods: their handlers make exactly one trip to the worker pool and read
-# nothing before it, so a token the cache does not hold is resolved inside that same trip (one
-# thread hop per call instead of two; with many volunteers almost every token is a cache miss).
-RESOLVED_IN_HANDLER = frozenset(
-    {
-        "/autoswarm.v1.Coordinator/LeaseWork",
-        "/autoswarm.v1.Coordinator/ExtendLease",
-        "/autoswarm.v1.Coordinator/ReportResult",
-    }
-)
-
-
-@dataclass(frozen=True)
-class PendingPrincipal:
-    """A caller still to be authorized; `resolve()` may read the store (call it off the loop)."""
-
-    cache: PrincipalCache
-    method: str
-    token: str | None
-
-    def resolve(self) -> Principal:
-        principal = authorize(self.cache, self.method, self.token)
-        if principal is None:
-            raise PermissionDeniedError(f"method {self.method} needs an authenticated caller")
-        return principal
-
-
-current_principal: contextvars.ContextVar[Principal | PendingPrincipal | None] = contextvars.ContextVar(
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "current_principal", default=None
 )
 
@@ -109,10 +81,9 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
 
 
 class PrincipalCache:
-    """token hash -> principal, for a couple of seconds: one store read per token per TTL."""
+    """token hash -> principal (or None: unknown), for a while: one store read per token per TTL."""
 
-    def __init__(self, store: Store, ttl_s: float = PRINCIPAL_CACHE_TTL_S) -> None:
-        self._store = store
+    def __init__(self, ttl_s: float = PRINCIPAL_CACHE_TTL_S) -> None:
         self._ttl_s = ttl_s
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
@@ -123,46 +94,30 @@ class PrincipalCache:
             return True, hit[1]
         return False, None
 
-    def lookup(self, token_hash: str) -> Principal | None:
-        now = time.monotonic()
-        hit = self._entries.get(token_hash)
-        if hit is not None and now - hit[0] < self._ttl_s:
-            return hit[1]
-        principal = self._store.find_principal_by_token_hash(token_hash)
+    async def lookup(self, hot: HotStore, token_hash: str) -> Principal | None:
+        """The cached principal for a token hash; a miss is read through the async store."""
+        found, principal = self.cached(token_hash)
+        if found:
+            return principal
+        return self._remember(token_hash, await hot.find_principal_by_token_hash(token_hash))
+
+    def _remember(self, token_hash: str, principal: Principal | None) -> Principal | None:
         if len(self._entries) > 100_000:
             self._entries.clear()
-        self._entries[token_hash] = (now, principal)
+        self._entries[token_hash] = (time.monotonic(), principal)
         return principal
 
     def invalidate(self) -> None:
         self._entries.clear()
 
 
-class _NeedsStore:
-    """authorize_from_memory's answer when only the store knows the token."""
-
-
-NEEDS_STORE = _NeedsStore()
-
-
-def authorize(cache: PrincipalCache, method: str, token: str | None) -> Principal | None:
-    """The principal allowed to call method, None for public methods; raises typed errors."""
+async def authorize_async(cache: PrincipalCache, hot: HotStore, method: str, token: str | None) -> Principal | None:
+    """The principal allowed to call method, None for public methods; raises typed errors. A
+    token the cache does not hold is read through the async store (no thread hop on Redis)."""
     allowed = _allowed_roles(method, token)
     if not allowed:
         return None
-    return _check_principal(cache.lookup(hash_token(token or "")), method, allowed)
-
-
-def authorize_from_memory(cache: PrincipalCache, method: str, token: str | None) -> Principal | None | _NeedsStore:
-    """authorize() without touching the store (so it may run on the event loop): NEEDS_STORE when
-    the token is not in the cache; raises the same typed errors otherwise."""
-    allowed = _allowed_roles(method, token)
-    if not allowed:
-        return None
-    found, principal = cache.cached(hash_token(token or ""))
-    if not found:
-        return NEEDS_STORE
-    return _check_principal(principal, method, allowed)
+    return _check_principal(await cache.lookup(hot, hash_token(token or "")), method, allowed)
 
 
 def _allowed_roles(method: str, token: str | None) -> frozenset[Role]:
@@ -187,9 +142,9 @@ def _check_principal(principal: Principal | None, method: str, allowed: frozense
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Resolves the caller before any handler runs; refuses with UNAUTHENTICATED/PERMISSION_DENIED."""
 
-    def __init__(self, cache: PrincipalCache, run_blocking: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, cache: PrincipalCache, hot: HotStore) -> None:
         self._cache = cache
-        self._run_blocking = run_blocking
+        self._hot = hot
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # one wrapper per method, not per call
 
     async def intercept_service(
@@ -210,19 +165,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
-        cache, run_blocking = self._cache, self._run_blocking
+        cache, hot = self._cache, self._hot
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = bearer_token(context.invocation_metadata())
             try:
-                # Public methods and cached tokens are answered on the loop; only a token the
-                # cache does not hold costs a trip to the worker pool (the store may block).
-                principal: Any = authorize_from_memory(cache, method, token)
-                if principal is NEEDS_STORE:
-                    if method in RESOLVED_IN_HANDLER:
-                        principal = PendingPrincipal(cache, method, token)
-                    else:
-                        principal = await run_blocking(authorize, cache, method, token)
+                principal = await authorize_async(cache, hot, method, token)
             except Exception as exc:  # typed errors become their status; nothing else ran
                 code, details = status_for(exc)
                 await context.abort(code, details)

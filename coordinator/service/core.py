@@ -39,7 +39,6 @@ from coordinator.store.types import (
     HypothesisSource,
     HypothesisState,
     Lease,
-    LeaseState,
     MergeRecord,
     NormalizedScore,
     Principal,
@@ -133,7 +132,7 @@ class CoordinatorCore:
         self.delegate: DecisionDelegate | None = None
         self.merges_done = 0
         self.reverts_done = 0
-        self._pinned_tokenizer = ""  # empty: not pinned when last read
+        self.pinned_tokenizer = ""  # empty: not pinned when last read
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -218,36 +217,10 @@ class CoordinatorCore:
             invite_token_hash=invite_token_hash,
         )
 
-    # -- the work loop ----------------------------------------------------------------------------
+    # -- what the work loop (work_loop.py) needs from the core -------------------------------------
 
-    def lease_work(
-        self, principal: Principal, hardware_class: str, slot: int, top_up: bool = True
-    ) -> LeaseGrant | None:
-        """The best unit for this volunteer. On an empty queue an inline core tops the queue up
-        and tries once more (`top_up`); with a decider the caller wakes it and asks again."""
-        if hardware_class and hardware_class != principal.hardware_class:
-            raise PermissionDeniedError(
-                f"volunteer registered as {principal.hardware_class!r} cannot lease for {hardware_class!r}"
-            )
-        granted = self.store.lease_unit(  # also marks the volunteer seen and the hypothesis leased
-            principal.principal_id, principal.owner, principal.hardware_class, self.config.lease_duration_s, slot
-        )
-        if granted is None:
-            if self.delegate is not None or not top_up:
-                return None
-            # Nothing queued for this class: let the policy top the queue up, then try once more.
-            self.view.invalidate()
-            self.plan()
-            granted = self.store.lease_unit(
-                principal.principal_id, principal.owner, principal.hardware_class, self.config.lease_duration_s, slot
-            )
-            if granted is None:
-                return None
-        unit, lease = granted
-        payload = self._work_unit_bytes(unit, lease)
-        return LeaseGrant(unit, lease, payload, self.signer.sign(payload), self.signer.key_id)
-
-    def _work_unit_bytes(self, unit: WorkUnit, lease: Lease) -> bytes:
+    def work_unit_bytes(self, unit: WorkUnit, lease: Lease, tokenizer_hash: str) -> bytes:
+        """The serialized autoswarm.v1.WorkUnit a lease hands out (what the coordinator signs)."""
         from autoswarm.v1 import swarm_pb2 as pb
         from coordinator.service.convert import UNIT_KIND_TO_PB
 
@@ -260,21 +233,21 @@ class CoordinatorCore:
             base_commit=unit.base_commit,
             train_py=unit.train_py,
             profiles_json=unit.profiles_json,
-            settings=self.settings_pb(),
+            settings=self.settings_pb(tokenizer_hash),
             lease_deadline_unix_s=lease.deadline_s,
             issued_unix_s=lease.issued_s,
             volunteer_id=lease.volunteer_id,
         )
         return message.SerializeToString(deterministic=True)
 
-    def settings_pb(self) -> object:
+    def settings_pb(self, tokenizer_hash: str | None = None) -> object:
         from autoswarm.v1 import swarm_pb2 as pb
 
         return pb.SwarmSettings(
             budget_s=self.config.budget_s,
             data_manifest_id=self.config.data_manifest_id,
             dataset_name=self.config.dataset,
-            tokenizer_hash=self.pinned_tokenizer_hash(),
+            tokenizer_hash=self.pinned_tokenizer_hash() if tokenizer_hash is None else tokenizer_hash,
             lease_duration_s=self.config.lease_duration_s,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
         )
@@ -282,50 +255,16 @@ class CoordinatorCore:
     def pinned_tokenizer_hash(self) -> str:
         """The swarm's tokenizer: the operator's, or the first ok result's (pinned by whichever
         serving process takes that report). Once pinned it never changes, so it is read from the
-        store only until then."""
-        if not self._pinned_tokenizer:
-            self._pinned_tokenizer = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
-        return self._pinned_tokenizer
-
-    def heartbeat(self, principal: Principal, lease_id: str, step: int, fraction: float, loss: float) -> Lease:
-        lease = self.store.extend_lease(
-            lease_id, principal.principal_id, self.config.lease_duration_s, step=step, fraction=fraction, loss=loss
-        )
-        return lease
+        store only until then (the work loop reads it the same way, asynchronously)."""
+        if not self.pinned_tokenizer:
+            self.pinned_tokenizer = self.store.get_meta(META_TOKENIZER_HASH) or self.config.tokenizer_hash
+        return self.pinned_tokenizer
 
     def release(self, principal: Principal, lease_id: str, reason: str) -> None:
         self.store.release_lease(lease_id, principal.principal_id, reason)
 
-    def report(self, principal: Principal, lease_id: str, metrics: RunMetrics) -> ReportOutcome:
-        lease = self.store.get_lease(lease_id)
-        if lease.volunteer_id != principal.principal_id:
-            raise PermissionDeniedError("that lease belongs to another volunteer")
-        existing = self.store.result_for_lease(lease_id) if lease.state != LeaseState.ACTIVE else None
-        if existing is not None:  # a repeated report: the first answer again, nothing re-checked
-            return ReportOutcome(existing, True, self._state_of(existing.hypothesis_id))
-        self._check_pins(metrics)
-        unit = self.store.get_unit(lease.unit_id, with_code=False)
-        score = NormalizedScore()
-        if metrics.status == RunStatus.OK:
-            with self.view.one_read_per_class():
-                score = decisions.score_result(
-                    self.view, unit.hardware_class, unit.base_commit, metrics.val_bpb, self.settings
-                )
-        record, duplicate = self.store.record_result(
-            lease_id, principal.principal_id, metrics, score, new_id("res")
-        )
-        if duplicate:
-            return ReportOutcome(record, True, self._state_of(record.hypothesis_id))
-        if metrics.status == RunStatus.OK and not self.pinned_tokenizer_hash() and metrics.tokenizer_hash:
-            self.store.compare_and_set_meta(META_TOKENIZER_HASH, None, metrics.tokenizer_hash)
-            self._pinned_tokenizer = ""  # read the winner of the race next time
-        if self.delegate is not None:
-            self.delegate.wake()  # judged by the decider, from the store, after this answer
-            return ReportOutcome(record, False, None)  # its state is about to change: not sent
-        self.after_result(record)
-        return ReportOutcome(record, False, self._state_of(record.hypothesis_id))
-
-    def _check_pins(self, metrics: RunMetrics) -> None:
+    def check_pins(self, metrics: RunMetrics, pinned_tokenizer: str) -> None:
+        """An ok result must have been measured on the swarm's data and tokenizer."""
         if metrics.status != RunStatus.OK:
             return
         if self.config.data_manifest_id and metrics.data_manifest_id != self.config.data_manifest_id:
@@ -333,13 +272,18 @@ class CoordinatorCore:
                 f"result was measured on data manifest {metrics.data_manifest_id!r}; "
                 f"this swarm pins {self.config.data_manifest_id!r}"
             )
-        pinned = self.pinned_tokenizer_hash()
-        if pinned and metrics.tokenizer_hash != pinned:
+        if pinned_tokenizer and metrics.tokenizer_hash != pinned_tokenizer:
             raise PreconditionError(
-                f"result was measured with tokenizer {metrics.tokenizer_hash!r}; this swarm pins {pinned!r}"
+                f"result was measured with tokenizer {metrics.tokenizer_hash!r}; this swarm pins {pinned_tokenizer!r}"
             )
 
-    def _state_of(self, hypothesis_id: str) -> HypothesisState | None:
+    def score_from_memory(self, unit: WorkUnit, val_bpb: float) -> NormalizedScore:
+        """A run's normalized score from the class results already in the view (refreshed by the
+        caller with `view.refresh_class`): no store read for results."""
+        with self.view.one_read_per_class(already_read=[unit.hardware_class]):
+            return decisions.score_result(self.view, unit.hardware_class, unit.base_commit, val_bpb, self.settings)
+
+    def state_of(self, hypothesis_id: str) -> HypothesisState | None:
         if not hypothesis_id:
             return None
         return self.store.get_hypothesis(hypothesis_id).state

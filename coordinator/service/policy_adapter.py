@@ -11,7 +11,8 @@ from functools import lru_cache
 
 from coordinator.branch import BranchError, GlobalBranch
 from coordinator.policy.view import VolunteerInfo
-from coordinator.store.base import Store, read_all_results
+from coordinator.store.aio import HotStore
+from coordinator.store.base import RESULT_PAGE_SIZE, Store, read_all_results
 from coordinator.store.types import (
     Hypothesis,
     HypothesisState,
@@ -53,10 +54,11 @@ class StoreView:
             self._snapshot.pending = None
 
     @contextmanager
-    def one_read_per_class(self) -> Iterator[None]:
+    def one_read_per_class(self, already_read: Iterable[str] = ()) -> Iterator[None]:
         """Within this block (this thread) each class's results are read from the store once:
-        one decision sees one consistent set, and a report's score costs one round trip."""
-        self._snapshot.polled = set()
+        one decision sees one consistent set, and a report's score costs one round trip. Classes
+        in `already_read` (just refreshed with `refresh_class`) are not read at all."""
+        self._snapshot.polled = set(already_read)
         try:
             yield
         finally:
@@ -73,20 +75,48 @@ class StoreView:
             self._class_results.clear()
 
     def _results_of_class(
-        self, hardware_class: str, base_commit: str = "", kind: UnitKind | None = None
+        self, hardware_class: str, base_commit: str = "", kind: UnitKind | None = None, hypothesis_id: str = ""
     ) -> list[ResultRecord]:
-        """Counting results of a class (of one commit, of one kind). Results are append-only
-        (only a revocation changes `counts`, and it calls forget_results), so only rows newer
-        than the last seen are read, and they are kept indexed by kind and by (commit, kind)."""
+        """Counting results of a class (of one commit, of one kind, of one hypothesis). Results
+        are append-only (only a revocation changes `counts`, and it calls forget_results), so only
+        rows newer than the last seen are read, and they are kept indexed in memory."""
         polled: set[str] | None = getattr(self._snapshot, "polled", None)
+        if polled is None or hardware_class not in polled:
+            after = self._cached_class(hardware_class).last_id
+            self._absorb(hardware_class, after, read_all_results(self.store, _counting(hardware_class), after))
+            if polled is not None:
+                polled.add(hardware_class)
+        cached = self._cached_class(hardware_class)
+        with self._class_results_lock:
+            return cached.select(base_commit, kind, hypothesis_id)
+
+    async def refresh_class(self, hot: HotStore, hardware_class: str) -> None:
+        """Read the class's new results through the async store (on the serving event loop);
+        then `one_read_per_class(already_read=[hardware_class])` decides from memory."""
+        after = page_after = self._cached_class(hardware_class).last_id
+        fresh: list[ResultRecord] = []
+        while True:
+            page = await hot.list_results(_counting(hardware_class), limit=RESULT_PAGE_SIZE, after=page_after)
+            fresh += page
+            if len(page) < RESULT_PAGE_SIZE:
+                break
+            page_after = page[-1].result_id
+        self._absorb(hardware_class, after, fresh)
+
+    def _cached_class(self, hardware_class: str) -> _ClassResults:
+        with self._class_results_lock:
+            return self._class_results.setdefault(hardware_class, _ClassResults())
+
+    def _absorb(self, hardware_class: str, read_after: str, records: list[ResultRecord]) -> None:
+        """Add results read after `read_after` (the store is read outside the lock, so another
+        reader may have added some of them, or more, meanwhile: only what is newer is kept)."""
         with self._class_results_lock:
             cached = self._class_results.setdefault(hardware_class, _ClassResults())
-            if polled is None or hardware_class not in polled:
-                result_filter = ResultFilter(hardware_class=hardware_class, counting_only=True)
-                cached.extend(_slim(r) for r in read_all_results(self.store, result_filter, cached.last_id))
-                if polled is not None:
-                    polled.add(hardware_class)
-            return cached.select(base_commit, kind)
+            last = cached.last_id
+            if last != read_after:
+                ids = [r.result_id for r in records]
+                records = records[ids.index(last) + 1 :] if last and last in ids else []
+            cached.extend(_slim(r) for r in records)
 
     def _volunteers(self) -> list:
         now = time.monotonic()
@@ -126,8 +156,8 @@ class StoreView:
         base_commit: str = "",
         kind: UnitKind | None = None,
     ) -> list[ResultRecord]:
-        if hardware_class and not hypothesis_id:
-            return self._results_of_class(hardware_class, base_commit, kind)
+        if hardware_class:  # the class's results are kept in memory
+            return self._results_of_class(hardware_class, base_commit, kind, hypothesis_id)
         result_filter = ResultFilter(
             hardware_class=hardware_class, hypothesis_id=hypothesis_id, base_commit=base_commit,
             kind=kind, counting_only=True,
@@ -176,6 +206,7 @@ class _ClassResults:
         self.all: list[ResultRecord] = []
         self.by_kind: dict[UnitKind, list[ResultRecord]] = {}
         self.by_commit_kind: dict[tuple[str, UnitKind], list[ResultRecord]] = {}
+        self.by_hypothesis: dict[str, list[ResultRecord]] = {}
 
     @property
     def last_id(self) -> str:
@@ -186,13 +217,24 @@ class _ClassResults:
             self.all.append(record)
             self.by_kind.setdefault(record.kind, []).append(record)
             self.by_commit_kind.setdefault((record.base_commit, record.kind), []).append(record)
+            if record.hypothesis_id:
+                self.by_hypothesis.setdefault(record.hypothesis_id, []).append(record)
 
-    def select(self, base_commit: str, kind: UnitKind | None) -> list[ResultRecord]:
+    def select(self, base_commit: str, kind: UnitKind | None, hypothesis_id: str = "") -> list[ResultRecord]:
+        if hypothesis_id:
+            return [
+                r for r in self.by_hypothesis.get(hypothesis_id, ())
+                if (not base_commit or r.base_commit == base_commit) and (kind is None or r.kind == kind)
+            ]
         if base_commit and kind is not None:
             return list(self.by_commit_kind.get((base_commit, kind), ()))
         if kind is not None:
             return list(self.by_kind.get(kind, ()))
         return [r for r in self.all if not base_commit or r.base_commit == base_commit]
+
+
+def _counting(hardware_class: str) -> ResultFilter:
+    return ResultFilter(hardware_class=hardware_class, counting_only=True)
 
 
 def _slim(record: ResultRecord) -> ResultRecord:

@@ -1,7 +1,8 @@
 """gRPC servicers: translate autoswarm.v1 messages to core calls and back. No decisions here.
 
-Handlers are async (grpc.aio); the core is synchronous and runs on a worker thread pool, so a
-slow fsync in one call never stalls the event loop for the others.
+Handlers are async (grpc.aio). The volunteer loop (lease, heartbeat, report) runs on the event
+loop through the work loop's async store; everything else is the synchronous core on a worker
+thread pool, so a slow fsync or a git call in one call never stalls the event loop for the others.
 """
 
 from __future__ import annotations
@@ -20,18 +21,12 @@ import grpc
 from autoswarm.v1 import swarm_pb2 as pb
 from autoswarm.v1 import swarm_pb2_grpc as pb_grpc
 from coordinator.service import convert, queries
-from coordinator.service.auth import (
-    PendingPrincipal,
-    PrincipalCache,
-    current_principal,
-    hash_token,
-    new_token,
-)
-from coordinator.service.batching import HeartbeatGroups
+from coordinator.service.auth import PrincipalCache, current_principal, hash_token, new_token
 from coordinator.service.core import CoordinatorCore
 from coordinator.service.decider import COMMAND_TOP_UP, DeciderLink
 from coordinator.service.errors import status_for
 from coordinator.service.metrics import METRICS
+from coordinator.service.work_loop import WorkLoop
 from coordinator.store.errors import InvalidValueError
 from coordinator.store.types import HypothesisSource, Principal, Role, RunStatus
 
@@ -59,13 +54,8 @@ class Blocking:
 async def _call(
     context: grpc.aio.ServicerContext, run: Blocking, method: str, fn: Callable[..., T], *args: Any
 ) -> T:
-    """Run fn in the pool; typed errors become their status code (and change no state). A
-    PendingPrincipal argument is authorized first, in the same worker call."""
-
-    def work() -> T:
-        return fn(*(a.resolve() if isinstance(a, PendingPrincipal) else a for a in args))
-
-    return await _answer(context, method, run(work))
+    """Run fn in the pool; typed errors become their status code (and change no state)."""
+    return await _answer(context, method, run(fn, *args))
 
 
 async def _answer(context: grpc.aio.ServicerContext, method: str, pending: Awaitable[T]) -> T:
@@ -96,14 +86,6 @@ def _principal() -> Principal:
     return principal
 
 
-def _caller() -> Principal | PendingPrincipal:
-    """The caller of a RESOLVED_IN_HANDLER method: pass it to `_call`, which authorizes it."""
-    principal = current_principal.get()
-    if principal is None:
-        raise InvalidValueError("no principal")
-    return principal
-
-
 def _page_size(requested: int, default: int = 100) -> int:
     if requested == 0:
         return default
@@ -114,6 +96,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(
         self,
         core: CoordinatorCore,
+        work: WorkLoop,
         run: Blocking,
         cache: PrincipalCache,
         classify: Callable,
@@ -121,8 +104,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         decider: DeciderLink | None = None,
     ) -> None:
         self.core = core
+        self.work = work  # lease, heartbeat, report: on the event loop
         self.decider = decider  # the decision process, when decisions do not run inline
-        self.heartbeats = HeartbeatGroups(core.store, lambda: core.config.lease_duration_s, run)
         self.run = run
         # Calls that queue on the core's decision lock (judging a report, admitting a hypothesis)
         # get their own pool, so a burst of them, or a long policy pass, never takes every worker
@@ -184,19 +167,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return await _call(context, self.run, "GetSwarmConfig", config)
 
     async def LeaseWork(self, request: pb.LeaseWorkRequest, context: Any) -> Any:
-        principal = _caller()
-        grant = await _call(
-            context, self.run, "LeaseWork", self.core.lease_work, principal, request.hardware_class, request.slot
-        )
+        principal = _principal()
+        lease = self.work.lease(principal, request.hardware_class, request.slot)
+        grant = await _answer(context, "LeaseWork", lease)
         if grant is None and self.decider is not None:
-            # Nothing queued for this class: wake the decider, wait for its pass on the event loop
-            # (no worker held), then try once more.
+            # Nothing queued for this class: wake the decider, wait for its pass, then try once more.
             sent = self.decider.wake(COMMAND_TOP_UP)
             if await self.decider.wait_for_pass_async(sent, LEASE_TOP_UP_WAIT_S):
-                grant = await _call(
-                    context, self.run, "LeaseWork", self.core.lease_work, principal, request.hardware_class,
-                    request.slot,
-                )
+                lease = self.work.lease(principal, request.hardware_class, request.slot)
+                grant = await _answer(context, "LeaseWork", lease)
         if grant is None:
             METRICS.lease_misses.inc()
             return pb.LeaseWorkResponse(retry_after_s=min(30.0, max(2.0, self.core.config.budget_s / 10)))
@@ -209,8 +188,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         progress = request.progress
         lease = await _answer(
             context, "ExtendLease",
-            self.heartbeats.extend(
-                _caller(), request.lease_id, int(progress.step), float(progress.fraction_of_budget),
+            self.work.heartbeat(
+                _principal(), request.lease_id, int(progress.step), float(progress.fraction_of_budget),
                 float(progress.loss),
             ),
         )
@@ -218,14 +197,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.ExtendLeaseResponse(lease_deadline_unix_s=lease.deadline_s, cancel=False)
 
     async def ReportResult(self, request: pb.ReportResultRequest, context: Any) -> Any:
-        def report(principal: Principal) -> Any:
-            metrics = convert.metrics_from_pb(request.result)
-            return self.core.report(principal, request.lease_id, metrics)
+        async def report() -> Any:
+            metrics = convert.metrics_from_pb(request.result)  # bad numbers: InvalidValueError, nothing stored
+            return await self.work.report(_principal(), request.lease_id, metrics)
 
-        # Inline, judging a report waits on the core's decision lock: its own pool. With a decider
-        # a report is a few store calls, like a lease.
-        pool = self.run if self.decider is not None else self.decide
-        outcome = await _call(context, pool, "ReportResult", report, _caller())
+        outcome = await _answer(context, "ReportResult", report())
         METRICS.reports.labels(outcome.record.metrics.status.value, str(outcome.duplicate).lower()).inc()
         response = pb.ReportResultResponse(
             result_id=outcome.record.result_id,

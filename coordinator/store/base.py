@@ -78,6 +78,7 @@ from coordinator.store.types import (
     MergeRecord,
     NormalizedScore,
     Principal,
+    ReportContext,
     ResultFilter,
     ResultRecord,
     Role,
@@ -284,6 +285,14 @@ class Store(abc.ABC):
         """Store the result of a lease; mark lease reported and unit done. Idempotent: a second
         report of the same lease returns (stored record, True) and changes nothing (result_id of
         the retry is ignored). A result_id already used by another lease raises DuplicateError."""
+
+    def report_context(self, lease_id: str) -> ReportContext:
+        """The lease (NotFoundError if unknown), its unit without code, and the lease's stored
+        result when the lease is no longer active (a repeated report). Reads only; backends
+        override it to make one round trip."""
+        lease = self.get_lease(lease_id)
+        existing = self.result_for_lease(lease_id) if lease.state != LeaseState.ACTIVE else None
+        return ReportContext(lease, self.get_unit(lease.unit_id, with_code=False), existing)
 
     @abc.abstractmethod
     def get_result(self, result_id: str) -> ResultRecord: ...

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -79,6 +79,7 @@ from coordinator.store.types import (
     MergeRecord,
     NormalizedScore,
     Principal,
+    ReportContext,
     ResultFilter,
     ResultRecord,
     Role,
@@ -499,6 +500,19 @@ end_lease(lease_id, 'reported', '', t)
 set_unit_state(lease.unit_id, unit, 'done')
 return {0, redis.call('HGETALL', key_result(rid))}
 """,
+    # ARGV: lease id. Returns {lease fields, unit fields, stored result fields or {}}: what a report
+    # reads before it is scored, in one trip (the result only once the lease is no longer active).
+    "report_context": r"""
+local lease_id = ARGV[2]
+local lease = record(key_lease(lease_id))
+if not lease then fail('NotFound', 'unknown lease ' .. lease_id) end
+local existing = {}
+if lease.state ~= 'active' then
+  local stored = redis.call('HGET', KEY_RESULT_BY_LEASE, lease_id)
+  if stored then existing = redis.call('HGETALL', key_result(stored)) end
+end
+return {redis.call('HGETALL', key_lease(lease_id)), redis.call('HGETALL', key_unit(lease.unit_id)), existing}
+""",
     # ARGV: the merge's fields as name/value pairs
     "add_merge": r"""
 local f = fields_from(2)
@@ -594,7 +608,20 @@ _ERRORS: dict[str, type[StoreError]] = {
 }
 
 
-def _store_error(exc: redis.ResponseError) -> Exception:
+# ---------------------------------------------------------------------------------------------
+# One code path for both clients. The calls of the volunteer loop (and the helpers they share) are
+# written once, as generators of commands: each yields a command and is sent its reply. RedisStore
+# runs them on its blocking client (`_drive`); AsyncRedisStore (redis_aio.py) runs the very same
+# generators on an asyncio client, on the serving process's event loop.
+#   ("script", name, args)          one script (EVALSHA); a STORE error is raised as its typed error
+#   ("scripts", [(name, args), ..]) pipelined scripts, one round trip; each reply or its error
+#   ("mget", keys) / ("hget", key, field)
+# ---------------------------------------------------------------------------------------------
+Command = tuple[Any, ...]
+Steps = Generator[Command, Any, Any]
+
+
+def store_error(exc: redis.ResponseError) -> Exception:
     """Turn a script's `fail(kind, message)` back into the typed error (others pass through)."""
     text = str(exc)
     if not text.startswith("STORE "):
@@ -621,6 +648,7 @@ class RedisStore(Store):
             raise ValueError("RedisStore needs a client made with decode_responses=True")
         self._redis = client
         self.keys = keys.KeySpace(prefix)
+        self.url = ""  # set by from_url: how another client (redis_aio) reaches the same database
         # Blobs are content-addressed and never change: a lease's code (the same train.py for
         # most units of one head) is read from Redis once, not once per lease.
         self._blob_cache: dict[str, str] = {}
@@ -642,8 +670,19 @@ class RedisStore(Store):
             urllib.parse.urlunsplit(parts._replace(query=rest)), decode_responses=True
         )
         store = cls(client, prefix=prefix)
+        store.url = url
         store._warn_unless_durable()
         return store
+
+    def script(self, name: str) -> Script:
+        return self._scripts[name]
+
+    def connection_settings(self) -> dict[str, Any]:
+        """Where the client connects (for a store made from a client rather than a URL)."""
+        settings = self._redis.connection_pool.connection_kwargs
+        names = {"host": "host", "port": "port", "db": "db", "username": "username", "password": "password",
+                 "path": "unix_socket_path"}  # Redis() takes a socket path as unix_socket_path
+        return {names[name]: value for name, value in settings.items() if name in names and value is not None}
 
     def durability(self) -> dict[str, str]:
         """The server's persistence settings (empty when CONFIG is not allowed)."""
@@ -671,7 +710,61 @@ class RedisStore(Store):
                 keys=[self.keys.key(keys.SEQUENCE)], args=[self.keys.root, *args], client=self._redis
             )
         except redis.ResponseError as exc:
-            raise _store_error(exc) from None
+            raise store_error(exc) from None
+
+    def script_argv(self, args: Sequence[RowValue]) -> list[RowValue]:
+        """EVALSHA's arguments after the sha: one key (the sequence), the root, the script's ARGV."""
+        return [1, self.keys.key(keys.SEQUENCE), self.keys.root, *args]
+
+    @staticmethod
+    def settle_replies(
+        calls: Sequence[tuple[str, Sequence[RowValue]]], todo: list[int], got: Sequence[Any], replies: list[Any],
+        attempt: int,
+    ) -> list[int]:
+        """Pipelined EVALSHA replies into `replies` (errors as typed errors); returns the calls to
+        send again because the server had lost the script (NOSCRIPT: they did not run). A pipeline
+        of registered scripts would check SCRIPT EXISTS first, a round trip on every group."""
+        again = []
+        for index, reply in zip(todo, got, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                again.append(index)
+            elif isinstance(reply, redis.ResponseError):
+                replies[index] = store_error(reply)
+            else:
+                replies[index] = reply
+        return again
+
+    def _drive(self, steps: Steps) -> Any:
+        """Run a generator of commands (see Command) on this store's client; its return value."""
+        try:
+            command = next(steps)
+            while True:
+                command = steps.send(self._execute(command))
+        except StopIteration as done:
+            return done.value
+
+    def _execute(self, command: Command) -> Any:
+        kind = command[0]
+        if kind == "script":
+            return self._run(command[1], *command[2])
+        if kind == "scripts":
+            replies: list[Any] = [None] * len(command[1])
+            todo = list(range(len(command[1])))
+            for attempt in range(2):
+                pipe = self._redis.pipeline(transaction=False)
+                for index in todo:
+                    name, args = command[1][index]
+                    pipe.evalsha(self._scripts[name].sha, *self.script_argv(args))
+                got = pipe.execute(raise_on_error=False)
+                todo = self.settle_replies(command[1], todo, got, replies, attempt)
+                for name in {command[1][index][0] for index in todo}:
+                    self._redis.script_load(self._scripts[name].script)
+            return replies
+        if kind == "mget":
+            return self._redis.mget(command[1])
+        if kind == "hget":
+            return self._redis.hget(command[1], command[2])
+        raise ValueError(f"unknown command {kind!r}")
 
     def _record(self, template: str, record_id: str, record_type: type[Any], what: str) -> Any:
         flat = self._redis.hgetall(self.keys.key(template, record_id))
@@ -682,6 +775,9 @@ class RedisStore(Store):
     def _units(
         self, rows: Sequence[Mapping[str, str]], known: Mapping[str, str] | None = None
     ) -> list[WorkUnit]:
+        return self._drive(self._units_steps(rows, known))  # type: ignore[no-any-return]
+
+    def _units_steps(self, rows: Sequence[Mapping[str, str]], known: Mapping[str, str] | None = None) -> Steps:
         """Units with their code: each distinct blob fetched once (beyond `known`, {hash: text})
         and its text shared by every unit naming it. Blobs never change or go away, so reading
         them after the records still gives the code those records named."""
@@ -692,7 +788,7 @@ class RedisStore(Store):
         needed = [digest for digest in needed if digest not in blobs]
         for start in range(0, len(needed), BLOB_READ_BATCH):
             chunk = needed[start : start + BLOB_READ_BATCH]
-            texts = self._redis.mget([self.keys.key(keys.BLOB, digest) for digest in chunk])
+            texts = yield ("mget", [self.keys.key(keys.BLOB, digest) for digest in chunk])
             found = [(digest, text) for digest, text in zip(chunk, texts, strict=True) if text is not None]
             blobs.update(found)
             if len(cache) + len(found) > BLOB_CACHE_ENTRIES:
@@ -709,6 +805,17 @@ class RedisStore(Store):
         reverse: bool = False,
         by_seq: bool = True,
     ) -> list[dict[str, str]]:
+        return self._drive(self._page_steps(template, indexes, start, limit, reverse, by_seq))  # type: ignore[no-any-return]
+
+    def _page_steps(
+        self,
+        template: str,
+        indexes: Sequence[str],
+        start: str = "-inf",
+        limit: int = ALL,
+        reverse: bool = False,
+        by_seq: bool = True,
+    ) -> Steps:
         """Records of the indexes in score order after `start`. A long listing is read in chunks
         of PAGE_CHUNK records: Redis runs one script at a time, and one script reading thousands
         of records stalls every other client (the serving processes' leases and heartbeats) for
@@ -716,13 +823,13 @@ class RedisStore(Store):
         so one read twice is kept once. Indexes not scored by `seq` are read in one script."""
         root = self.keys.record_root(template)
         if not by_seq:
-            return [_as_dict(flat) for flat in self._run("page", root, start, limit, int(reverse), *indexes)]
+            return [_as_dict(flat) for flat in (yield ("script", "page", (root, start, limit, int(reverse), *indexes)))]
         id_field = _ID_FIELDS[template]
         rows: list[dict[str, str]] = []
         seen: set[str] = set()
         while len(rows) < limit:
             want = min(PAGE_CHUNK, limit - len(rows))
-            chunk = [_as_dict(flat) for flat in self._run("page", root, start, want, int(reverse), *indexes)]
+            chunk = [_as_dict(flat) for flat in (yield ("script", "page", (root, start, want, int(reverse), *indexes)))]
             for row in chunk:
                 if row[id_field] not in seen:
                     seen.add(row[id_field])
@@ -748,8 +855,11 @@ class RedisStore(Store):
     # -- metadata -----------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
+        return self._drive(self.get_meta_steps(key))  # type: ignore[no-any-return]
+
+    def get_meta_steps(self, key: str) -> Steps:
         check_text("key", key, required=True)
-        return self._redis.hget(self.keys.key(keys.META), key)
+        return (yield ("hget", self.keys.key(keys.META), key))
 
     def set_meta(self, key: str, value: str) -> None:
         check_text("key", key, required=True)
@@ -757,10 +867,13 @@ class RedisStore(Store):
         self._redis.hset(self.keys.key(keys.META), key, value)
 
     def compare_and_set_meta(self, key: str, expected: str | None, value: str) -> bool:
+        return self._drive(self.compare_and_set_meta_steps(key, expected, value))  # type: ignore[no-any-return]
+
+    def compare_and_set_meta_steps(self, key: str, expected: str | None, value: str) -> Steps:
         check_text("key", key, required=True)
         check_text("value", value, MAX_META_VALUE_BYTES)
         has_expected = expected is not None
-        return bool(self._run("compare_and_set_meta", key, int(has_expected), expected or "", value))
+        return bool((yield ("script", "compare_and_set_meta", (key, int(has_expected), expected or "", value))))
 
     # -- principals and invites --------------------------------------------------------------------
 
@@ -798,7 +911,10 @@ class RedisStore(Store):
         return self._record(keys.PRINCIPAL, principal_id, Principal, "principal")
 
     def find_principal_by_token_hash(self, token_hash: str) -> Principal | None:
-        flat = self._run("principal_by_token", token_hash)  # one round trip: it is on every uncached call
+        return self._drive(self.find_principal_by_token_hash_steps(token_hash))  # type: ignore[no-any-return]
+
+    def find_principal_by_token_hash_steps(self, token_hash: str) -> Steps:
+        flat = yield ("script", "principal_by_token", (token_hash,))  # one round trip: on every uncached call
         return record_from_row(Principal, _as_dict(flat)) if flat else None
 
     def list_principals(self, role: Role | None = None, owner: str | None = None) -> list[Principal]:
@@ -947,16 +1063,24 @@ class RedisStore(Store):
     def lease_unit(
         self, volunteer_id: str, owner: str, hardware_class: str, lease_duration_s: float, slot: int = 0
     ) -> tuple[WorkUnit, Lease] | None:
+        return self._drive(  # type: ignore[no-any-return]
+            self.lease_unit_steps(volunteer_id, owner, hardware_class, lease_duration_s, slot)
+        )
+
+    def lease_unit_steps(
+        self, volunteer_id: str, owner: str, hardware_class: str, lease_duration_s: float, slot: int = 0
+    ) -> Steps:
         check_text("hardware_class", hardware_class, required=True)
         duration = check_positive("lease_duration_s", lease_duration_s)
         check_count("slot", slot)
-        granted = self._run(
-            "lease_unit", volunteer_id, owner, hardware_class, duration, slot, secrets.token_hex(16)
+        granted = yield (
+            "script", "lease_unit", (volunteer_id, owner, hardware_class, duration, slot, secrets.token_hex(16))
         )
         if granted is None:
             return None
         unit_flat, lease_flat = granted
-        return self._units([_as_dict(unit_flat)])[0], record_from_row(Lease, _as_dict(lease_flat))
+        units = yield from self._units_steps([_as_dict(unit_flat)])
+        return units[0], record_from_row(Lease, _as_dict(lease_flat))
 
     def get_lease(self, lease_id: str) -> Lease:
         return self._record(keys.LEASE, lease_id, Lease, "lease")
@@ -985,10 +1109,12 @@ class RedisStore(Store):
         return record_from_row(Lease, _as_dict(flat))
 
     def extend_leases(self, extensions: Sequence[LeaseExtension]) -> list[Lease | Exception]:
+        return self._drive(self.extend_leases_steps(extensions))  # type: ignore[no-any-return]
+
+    def extend_leases_steps(self, extensions: Sequence[LeaseExtension]) -> Steps:
         """One pipelined round trip for the group (Redis fsyncs it once); each script runs alone."""
         out: list[Lease | Exception | None] = []
-        pipe = self._redis.pipeline(transaction=False)
-        script = self._scripts["extend_lease"]
+        calls: list[tuple[str, tuple[RowValue, ...]]] = []
         for e in extensions:
             try:
                 duration = check_positive("lease_duration_s", e.lease_duration_s)
@@ -998,22 +1124,17 @@ class RedisStore(Store):
                 out.append(exc)
                 continue
             out.append(None)
-            script(
-                keys=[self.keys.key(keys.SEQUENCE)],
-                args=[self.keys.root, e.lease_id, e.volunteer_id, duration, e.step, float(e.fraction), float(e.loss)],
-                client=pipe,
+            calls.append(
+                ("extend_lease", (e.lease_id, e.volunteer_id, duration, e.step, float(e.fraction), float(e.loss)))
             )
-        replies = iter(pipe.execute(raise_on_error=False) if len(pipe) else [])
+        replies = iter((yield ("scripts", calls)) if calls else [])
         results: list[Lease | Exception] = []
         for slot in out:
             if slot is not None:
                 results.append(slot)
                 continue
             reply = next(replies)
-            if isinstance(reply, redis.ResponseError):
-                results.append(_store_error(reply))
-            else:
-                results.append(record_from_row(Lease, _as_dict(reply)))
+            results.append(reply if isinstance(reply, Exception) else record_from_row(Lease, _as_dict(reply)))
         return results
 
     def release_lease(self, lease_id: str, volunteer_id: str, reason: str = "") -> Lease:
@@ -1028,19 +1149,32 @@ class RedisStore(Store):
     def record_result(
         self, lease_id: str, volunteer_id: str, metrics: RunMetrics, score: NormalizedScore, result_id: str
     ) -> tuple[ResultRecord, bool]:
+        return self._drive(  # type: ignore[no-any-return]
+            self.record_result_steps(lease_id, volunteer_id, metrics, score, result_id)
+        )
+
+    def record_result_steps(
+        self, lease_id: str, volunteer_id: str, metrics: RunMetrics, score: NormalizedScore, result_id: str
+    ) -> Steps:
         metrics = check_metrics(metrics)
         score = check_score(score)
         check_text("result_id", result_id, required=True)
-        duplicate, flat = self._run(
-            "record_result",
-            lease_id,
-            volunteer_id,
-            result_id,
-            to_json(metrics),
-            to_json(score),
-            metrics.status.value,
+        duplicate, flat = yield (
+            "script", "record_result",
+            (lease_id, volunteer_id, result_id, to_json(metrics), to_json(score), metrics.status.value),
         )
         return record_from_row(ResultRecord, _as_dict(flat)), bool(duplicate)
+
+    def report_context(self, lease_id: str) -> ReportContext:
+        return self._drive(self.report_context_steps(lease_id))  # type: ignore[no-any-return]
+
+    def report_context_steps(self, lease_id: str) -> Steps:
+        lease_flat, unit_flat, existing_flat = yield ("script", "report_context", (lease_id,))
+        existing = record_from_row(ResultRecord, _as_dict(existing_flat)) if existing_flat else None
+        return ReportContext(
+            record_from_row(Lease, _as_dict(lease_flat)), unit_from_row(_as_dict(unit_flat), {}, with_code=False),
+            existing,
+        )
 
     def get_result(self, result_id: str) -> ResultRecord:
         return self._record(keys.RESULT, result_id, ResultRecord, "result")
@@ -1052,6 +1186,9 @@ class RedisStore(Store):
     def list_results(
         self, result_filter: ResultFilter | None = None, limit: int = 1000, after: str = ""
     ) -> list[ResultRecord]:
+        return self._drive(self.list_results_steps(result_filter, limit, after))  # type: ignore[no-any-return]
+
+    def list_results_steps(self, result_filter: ResultFilter | None = None, limit: int = 1000, after: str = "") -> Steps:
         f = check_result_filter(result_filter)
         check_limit(limit)
         # Walk the narrowest index; the rest of the filter is applied to what it yields.
@@ -1067,7 +1204,7 @@ class RedisStore(Store):
         chunk = max(limit, RESULT_PAGE_CHUNK) if f != ResultFilter() else limit
         found: list[ResultRecord] = []
         while len(found) < limit:
-            rows = self._page(keys.RESULT, [index], start, chunk)
+            rows = yield from self._page_steps(keys.RESULT, [index], start, chunk)
             for row in rows:
                 record = record_from_row(ResultRecord, row)
                 if result_matches(record, f):

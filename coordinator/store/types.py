@@ -112,6 +112,16 @@ class LeaseExtension:
 
 
 @dataclass(frozen=True)
+class ReportContext:
+    """What a report needs to know before it is scored (Store.report_context): the lease, its
+    unit (without code), and the result already stored for the lease, if it is no longer active."""
+
+    lease: Lease
+    unit: WorkUnit
+    existing: ResultRecord | None
+
+
+@dataclass(frozen=True)
 class Principal:
     """A volunteer daemon, or a person/agent with a proposer or admin token."""
 
