@@ -261,7 +261,7 @@ class CoordinatorServer:
                 expired = await self.run_blocking(self.core.expire)
                 if expired:
                     log.info("expired %d lease(s); their units are leasable again", len(expired))
-                self._follow_other_processes()
+                await self._follow_other_processes()
                 if self.decider_process is not None:
                     self.decider_process.ensure_running()
                     await self._supervise_secondaries()
@@ -320,18 +320,20 @@ class CoordinatorServer:
         while not gone.done():
             await asyncio.sleep(REVOCATION_POLL_S)
             try:
-                self._follow_other_processes()
+                await self._follow_other_processes()
             except Exception:
                 log.exception("maintenance failed")
         log.info("primary serving process gone: exiting")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def _follow_other_processes(self) -> None:
+    async def _follow_other_processes(self) -> None:
         """What another serving process changed: a revocation (forget cached principals and
-        results) or a key rotation (sign with the new key)."""
+        results) or a key rotation (sign with the new key). The store is read through the async
+        store: a blocking read on the loop would stall every call for a Redis fsync."""
         if self.signer.reload_if_changed():
             log.info("signing key changed on disk (rotated elsewhere): now signing with %s", self.signer.key_id[:16])
-        epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
+        assert self.hot is not None
+        epoch = await self.hot.get_meta(META_REVOCATION_EPOCH) or ""
         if epoch != self._revocation_epoch:
             self._revocation_epoch = epoch
             self.cache.invalidate()

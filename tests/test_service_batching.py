@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from coordinator.service.batching import HeartbeatGroups
+from coordinator.service.batching import MAX_TRIPS, HeartbeatGroups
 from coordinator.store.aio import ThreadedHotStore
 from coordinator.store.errors import NotFoundError, PermissionDeniedError
 from coordinator.store.sqlite_store import SqliteStore
@@ -25,6 +25,7 @@ def _leased(store: SqliteStore, count: int):
 
 
 def test_concurrent_heartbeats_share_store_trips_and_keep_their_own_answers(tmp_path):
+    """While MAX_TRIPS trips are in flight, later heartbeats queue and go together in one trip."""
     store = SqliteStore(str(tmp_path / "s.sqlite"))
     pairs = _leased(store, 40)
     trips: list[int] = []
@@ -33,7 +34,7 @@ def test_concurrent_heartbeats_share_store_trips_and_keep_their_own_answers(tmp_
     async def run_blocking(fn, *args):
         trips.append(len(args[0]))
         loop = asyncio.get_running_loop()
-        if len(trips) == 1:  # hold the first trip so the rest queue up behind it
+        if len(trips) <= MAX_TRIPS:  # hold the first trips so the rest queue up behind them
             await loop.run_in_executor(None, gate.wait, 5.0)
         return await loop.run_in_executor(None, fn, *args)
 
@@ -44,22 +45,25 @@ def test_concurrent_heartbeats_share_store_trips_and_keep_their_own_answers(tmp_
         intruder, (_, victim_lease) = pairs[0][0], pairs[1]
         calls.append(groups.extend(intruder, victim_lease.lease_id, 1, 0.1, 1.0))  # not its lease
         calls.append(groups.extend(intruder, "no-such-lease", 1, 0.1, 1.0))
-        tasks = [asyncio.ensure_future(calls[0])]
-        await asyncio.sleep(0.05)  # its trip has started (and is held): the rest queue behind it
-        tasks += [asyncio.ensure_future(c) for c in calls[1:]]
+        tasks = []
+        for call in calls[:MAX_TRIPS]:  # one per tick: each starts its own trip, which is held
+            tasks.append(asyncio.ensure_future(call))
+            await asyncio.sleep(0.02)
+        tasks += [asyncio.ensure_future(c) for c in calls[MAX_TRIPS:]]
         await asyncio.sleep(0.05)
+        assert trips == [1] * MAX_TRIPS  # every trip is busy: the rest wait
         gate.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    assert len(trips) == 2 and trips[0] == 1 and trips[1] == len(pairs) + 1  # 42 calls, 2 trips
+    assert trips == [1] * MAX_TRIPS + [len(pairs) + 2 - MAX_TRIPS]  # 42 calls, 5 trips
     assert isinstance(results[-2], PermissionDeniedError)
     assert isinstance(results[-1], NotFoundError)
     for (volunteer, lease), extended in zip(pairs, results[:-2], strict=True):
         assert extended.lease_id == lease.lease_id and extended.volunteer_id == volunteer.principal_id
         assert extended.deadline_s == pytest.approx(extended.heartbeat_s + 500.0)
         assert store.get_lease(lease.lease_id).progress_step == 5
-    assert groups.groups == 2 and groups.largest_group == len(pairs) + 1
+    assert groups.groups == MAX_TRIPS + 1 and groups.largest_group == len(pairs) + 2 - MAX_TRIPS
     store.close()
 
 

@@ -2,10 +2,11 @@
 
 Heartbeats are most of a swarm's calls (5 of every 7 at one per minute of a five-minute run) and
 each is one small write. Alone, each pays a round trip and (on Redis with appendfsync always, or
-SQLite with synchronous=FULL) its share of an fsync. Here the event loop queues them; one drain
-task at a time applies everything queued with `HotStore.extend_leases` (one pipelined round trip
-on Redis, one transaction on a worker thread on SQLite). Calls that arrive during a trip form the
-next group, so groups grow with the load and cost nothing extra when it is light.
+SQLite with synchronous=FULL) its share of an fsync. Here the event loop queues them; a trip
+applies everything queued with `HotStore.extend_leases` (one pipelined round trip on Redis, one
+transaction on a worker thread on SQLite). Up to MAX_TRIPS trips are in flight at once: a
+heartbeat never waits for an earlier group's fsync while a trip is free, and when all are busy,
+calls queue and form the next group, so groups grow with the load.
 
 Nothing is acknowledged before its group is written: each caller's answer is its own result or
 error, exactly as `extend_lease` alone would give it.
@@ -21,6 +22,7 @@ from coordinator.store.aio import HotStore
 from coordinator.store.types import Lease, LeaseExtension, Principal
 
 MAX_GROUP = 256  # heartbeats per store trip; more wait for the next one
+MAX_TRIPS = 4  # groups in flight at once
 
 
 @dataclass
@@ -38,7 +40,7 @@ class HeartbeatGroups:
         self._hot = hot
         self._lease_duration_s = lease_duration_s
         self._queued: list[_Queued] = []
-        self._draining = False
+        self._trips = 0  # in flight
         self.groups = 0  # store trips made (for tests and metrics)
         self.largest_group = 0
 
@@ -46,9 +48,9 @@ class HeartbeatGroups:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Lease] = loop.create_future()
         self._queued.append(_Queued(caller, lease_id, step, fraction, loss, future))
-        if not self._draining:
-            self._draining = True
-            loop.create_task(self._drain())
+        if self._trips < MAX_TRIPS:
+            self._trips += 1
+            loop.create_task(self._drain())  # runs after this tick: calls of the same tick join its group
         return await future
 
     async def _drain(self) -> None:
@@ -74,4 +76,4 @@ class HeartbeatGroups:
                     else:
                         item.future.set_result(result)
         finally:
-            self._draining = False
+            self._trips -= 1

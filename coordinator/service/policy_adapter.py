@@ -180,13 +180,22 @@ class StoreView:
     def pinned_constants(self, hardware_class: str) -> set[str]:
         return set(_pinned(self.branch.read_file(self.head_commit(), "profiles.json"), hardware_class))
 
+    def merges_current(self) -> bool:
+        """The merge list merge_for would use is fresh (no store read needed)."""
+        head, now = self.branch.head(), time.monotonic()
+        return self._merges[0] == head and now - self._merges[1] <= MERGES_MAX_AGE_S
+
+    def read_merges(self) -> None:
+        """Read the merge list now (a blocking store read: off the event loop)."""
+        head, now = self.branch.head(), time.monotonic()
+        self._merges = (head, now, self.store.list_merges(limit=1000))
+
     def merge_for(self, commit: str) -> MergeRecord | None:
         # Merges and reverts both move the head, so a list read at the current head is current,
         # unless it was read between the ref update and the merge record (forget_merges, and a
         # short age limit for the merges another process makes).
-        head, now = self.branch.head(), time.monotonic()
-        if self._merges[0] != head or now - self._merges[1] > MERGES_MAX_AGE_S:
-            self._merges = (head, now, self.store.list_merges(limit=1000))
+        if not self.merges_current():
+            self.read_merges()
         for merge in self._merges[2]:
             if merge.commit == commit:
                 return merge

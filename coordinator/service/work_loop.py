@@ -10,6 +10,7 @@ thread) judges it after the answer.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,7 +69,15 @@ class WorkLoop:
 
     async def report(self, principal: Principal, lease_id: str, metrics: RunMetrics) -> ReportOutcome:
         core = self.core
-        context = await self.hot.report_context(lease_id)
+        ok = metrics.status == RunStatus.OK
+        # The lease and the class's new results in one wait: with appendfsync always, Redis answers
+        # nothing while it syncs its log, so every sequential trip costs one fsync's wait.
+        reads: list[Awaitable[Any]] = [self.hot.report_context(lease_id)]
+        if ok:  # a run's class is its volunteer's (leases are refused across classes)
+            reads.append(core.view.refresh_class(self.hot, principal.hardware_class))
+            if not core.view.merges_current():  # scoring reads them; every couple of seconds
+                reads.append(self._run(core.view.read_merges))
+        context, *_ = await asyncio.gather(*reads)
         if context.lease.volunteer_id != principal.principal_id:
             raise PermissionDeniedError("that lease belongs to another volunteer")
         if context.existing is not None:  # a repeated report: the first answer again, nothing re-checked
@@ -76,15 +85,16 @@ class WorkLoop:
         pinned = await self.tokenizer()
         core.check_pins(metrics, pinned)
         score = NormalizedScore()
-        if metrics.status == RunStatus.OK:
-            await core.view.refresh_class(self.hot, context.unit.hardware_class)
+        if ok:
+            if context.unit.hardware_class != principal.hardware_class:
+                await core.view.refresh_class(self.hot, context.unit.hardware_class)
             score = core.score_from_memory(context.unit, metrics.val_bpb)
         record, duplicate = await self.hot.record_result(
             lease_id, principal.principal_id, metrics, score, new_id("res")
         )
         if duplicate:
             return await self._repeated(record)
-        if metrics.status == RunStatus.OK and not pinned and metrics.tokenizer_hash:
+        if ok and not pinned and metrics.tokenizer_hash:
             await self.hot.compare_and_set_meta(META_TOKENIZER_HASH, None, metrics.tokenizer_hash)
             core.pinned_tokenizer = ""  # read the winner of the race next time
         if core.delegate is not None:

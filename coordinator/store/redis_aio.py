@@ -30,16 +30,29 @@ from coordinator.store.types import (
     WorkUnit,
 )
 
+MAX_CONNECTIONS = 64  # concurrent commands of one serving process; more wait for a free connection
+CONNECTION_WAIT_S = 10.0  # ...this long at most, then the call fails (a store that slow is down)
+
 
 def async_client_for(store: RedisStore) -> redis.asyncio.Redis:
-    """An asyncio client for the same server, database and credentials as the store's own."""
-    if store.url:
-        parts = urllib.parse.urlsplit(store.url)
-        query = [(name, value) for name, value in urllib.parse.parse_qsl(parts.query) if name != "prefix"]
-        url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-        return redis.asyncio.Redis.from_url(url, decode_responses=True)
-    settings = store.connection_settings()
-    return redis.asyncio.Redis(decode_responses=True, **settings)
+    """An asyncio client for the same server, database and credentials as the store's own. An
+    asyncio command holds a connection for its round trip, so a burst of calls needs many; past
+    MAX_CONNECTIONS they queue for one instead of failing."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        store.url or url_from_settings(store.connection_settings()),
+        max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_S, decode_responses=True,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def url_from_settings(settings: dict[str, Any]) -> str:
+    """redis:// or unix:// URL of a client's connection settings (a store made from a client)."""
+    user = urllib.parse.quote(settings.get("username") or "", safe="")
+    password = urllib.parse.quote(settings.get("password") or "", safe="")
+    credentials = f"{user}:{password}@" if user or password else ""
+    if settings.get("unix_socket_path"):
+        return f"unix://{credentials}{settings['unix_socket_path']}?db={settings.get('db', 0)}"
+    return f"redis://{credentials}{settings.get('host', 'localhost')}:{settings.get('port', 6379)}/{settings.get('db', 0)}"
 
 
 class AsyncRedisStore:

@@ -648,7 +648,7 @@ class RedisStore(Store):
             raise ValueError("RedisStore needs a client made with decode_responses=True")
         self._redis = client
         self.keys = keys.KeySpace(prefix)
-        self.url = ""  # set by from_url: how another client (redis_aio) reaches the same database
+        self.url = ""  # set by from_url (without the prefix): how redis_aio's client reaches the same database
         # Blobs are content-addressed and never change: a lease's code (the same train.py for
         # most units of one head) is read from Redis once, not once per lease.
         self._blob_cache: dict[str, str] = {}
@@ -670,7 +670,7 @@ class RedisStore(Store):
             urllib.parse.urlunsplit(parts._replace(query=rest)), decode_responses=True
         )
         store = cls(client, prefix=prefix)
-        store.url = url
+        store.url = urllib.parse.urlunsplit(parts._replace(query=rest))
         store._warn_unless_durable()
         return store
 
