@@ -279,8 +279,8 @@ class CoordinatorCore:
 
     def score_from_memory(self, unit: WorkUnit, val_bpb: float) -> NormalizedScore:
         """A run's normalized score from the class results already in the view (refreshed by the
-        caller with `view.refresh_class`): no store read for results."""
-        with self.view.one_read_per_class(already_read=[unit.hardware_class]):
+        caller with `view.refresh_results`): no store read for results."""
+        with self.view.one_read_of_results(already_read=True):
             return decisions.score_result(self.view, unit.hardware_class, unit.base_commit, val_bpb, self.settings)
 
     def state_of(self, hypothesis_id: str) -> HypothesisState | None:

@@ -26,6 +26,7 @@ from coordinator.store.types import (
 )
 
 ONLINE_WINDOW_S = 900.0
+COUNTING = ResultFilter(counting_only=True)
 MERGES_MAX_AGE_S = 2.0
 PRINCIPAL_SNAPSHOT_TTL_S = 1.0  # volunteers change rarely; reading them per decision is wasteful
 
@@ -40,29 +41,33 @@ class StoreView:
         self._merges: tuple[str, float, list[MergeRecord]] = ("", 0.0, [])  # (head, when read, merges)
         self._principals_at = 0.0
         self._principals: list = []
-        self._snapshot = threading.local()  # pending units during one policy pass, per thread
-        self._class_results: dict[str, _ClassResults] = {}  # counting results per class, in order
-        self._class_results_lock = threading.Lock()
+        self._snapshot = threading.local()  # pending units and "results read" during one pass, per thread
+        self._results = _Results()  # every counting result, in report order, indexed
+        self._results_lock = threading.Lock()
 
     @contextmanager
     def pass_snapshot(self) -> Iterator[None]:
-        """During one policy pass, pending units are read once and filtered in memory."""
+        """During one policy pass, pending units and new results are read once and everything
+        else is filtered in memory: a sweep over thousands of open hypotheses costs a few store
+        reads, not a few per hypothesis."""
         self._snapshot.pending = self._read_pending()
-        try:
-            yield
-        finally:
-            self._snapshot.pending = None
+        with self.one_read_of_results():
+            try:
+                yield
+            finally:
+                self._snapshot.pending = None
 
     @contextmanager
-    def one_read_per_class(self, already_read: Iterable[str] = ()) -> Iterator[None]:
-        """Within this block (this thread) each class's results are read from the store once:
-        one decision sees one consistent set, and a report's score costs one round trip. Classes
-        in `already_read` (just refreshed with `refresh_class`) are not read at all."""
-        self._snapshot.polled = set(already_read)
+    def one_read_of_results(self, already_read: bool = False) -> Iterator[None]:
+        """Within this block (this thread) new results are read from the store at most once: one
+        decision sees one consistent set. With `already_read` (just done by `refresh_results`)
+        not at all."""
+        outer = getattr(self._snapshot, "polled", None)
+        self._snapshot.polled = already_read or bool(outer)
         try:
             yield
         finally:
-            self._snapshot.polled = None
+            self._snapshot.polled = outer
 
     def _read_pending(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
         units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
@@ -70,53 +75,46 @@ class StoreView:
         return sorted(units, key=lambda u: (u.created_s, u.unit_id))
 
     def forget_results(self) -> None:
-        """Results stopped counting (a revocation): read the class caches again."""
-        with self._class_results_lock:
-            self._class_results.clear()
+        """Results stopped counting (a revocation): read them all again."""
+        with self._results_lock:
+            self._results = _Results()
 
-    def _results_of_class(
-        self, hardware_class: str, base_commit: str = "", kind: UnitKind | None = None, hypothesis_id: str = ""
+    def _counting_results(
+        self, hardware_class: str = "", base_commit: str = "", kind: UnitKind | None = None, hypothesis_id: str = ""
     ) -> list[ResultRecord]:
-        """Counting results of a class (of one commit, of one kind, of one hypothesis). Results
-        are append-only (only a revocation changes `counts`, and it calls forget_results), so only
-        rows newer than the last seen are read, and they are kept indexed in memory."""
-        polled: set[str] | None = getattr(self._snapshot, "polled", None)
-        if polled is None or hardware_class not in polled:
-            after = self._cached_class(hardware_class).last_id
-            self._absorb(hardware_class, after, read_all_results(self.store, _counting(hardware_class), after))
+        """Counting results, from memory. Results are append-only (only a revocation changes
+        `counts`, and it calls forget_results), so only rows newer than the last seen are read."""
+        polled = getattr(self._snapshot, "polled", None)
+        if not polled:
+            after = self._results.last_id
+            self._absorb(after, read_all_results(self.store, COUNTING, after))
             if polled is not None:
-                polled.add(hardware_class)
-        cached = self._cached_class(hardware_class)
-        with self._class_results_lock:
-            return cached.select(base_commit, kind, hypothesis_id)
+                self._snapshot.polled = True
+        with self._results_lock:
+            return self._results.select(hardware_class, base_commit, kind, hypothesis_id)
 
-    async def refresh_class(self, hot: HotStore, hardware_class: str) -> None:
-        """Read the class's new results through the async store (on the serving event loop);
-        then `one_read_per_class(already_read=[hardware_class])` decides from memory."""
-        after = page_after = self._cached_class(hardware_class).last_id
+    async def refresh_results(self, hot: HotStore) -> None:
+        """Read new results through the async store (on the serving event loop); then
+        `one_read_of_results(already_read=True)` decides from memory."""
+        after = page_after = self._results.last_id
         fresh: list[ResultRecord] = []
         while True:
-            page = await hot.list_results(_counting(hardware_class), limit=RESULT_PAGE_SIZE, after=page_after)
+            page = await hot.list_results(COUNTING, limit=RESULT_PAGE_SIZE, after=page_after)
             fresh += page
             if len(page) < RESULT_PAGE_SIZE:
                 break
             page_after = page[-1].result_id
-        self._absorb(hardware_class, after, fresh)
+        self._absorb(after, fresh)
 
-    def _cached_class(self, hardware_class: str) -> _ClassResults:
-        with self._class_results_lock:
-            return self._class_results.setdefault(hardware_class, _ClassResults())
-
-    def _absorb(self, hardware_class: str, read_after: str, records: list[ResultRecord]) -> None:
+    def _absorb(self, read_after: str, records: list[ResultRecord]) -> None:
         """Add results read after `read_after` (the store is read outside the lock, so another
         reader may have added some of them, or more, meanwhile: only what is newer is kept)."""
-        with self._class_results_lock:
-            cached = self._class_results.setdefault(hardware_class, _ClassResults())
-            last = cached.last_id
+        with self._results_lock:
+            last = self._results.last_id
             if last != read_after:
                 ids = [r.result_id for r in records]
                 records = records[ids.index(last) + 1 :] if last and last in ids else []
-            cached.extend(_slim(r) for r in records)
+            self._results.extend(_slim(r) for r in records)
 
     def _volunteers(self) -> list:
         now = time.monotonic()
@@ -156,13 +154,7 @@ class StoreView:
         base_commit: str = "",
         kind: UnitKind | None = None,
     ) -> list[ResultRecord]:
-        if hardware_class:  # the class's results are kept in memory
-            return self._results_of_class(hardware_class, base_commit, kind, hypothesis_id)
-        result_filter = ResultFilter(
-            hardware_class=hardware_class, hypothesis_id=hypothesis_id, base_commit=base_commit,
-            kind=kind, counting_only=True,
-        )
-        return read_all_results(self.store, result_filter)
+        return self._counting_results(hardware_class, base_commit, kind, hypothesis_id)
 
     def pending_units(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
         pending = getattr(self._snapshot, "pending", None)
@@ -208,13 +200,14 @@ class StoreView:
             return {}
 
 
-class _ClassResults:
-    """One class's counting results in report order, with the indexes the policy's reads use."""
+class _Results:
+    """Counting results in report order, with the indexes the policy's reads use."""
 
     def __init__(self) -> None:
         self.all: list[ResultRecord] = []
-        self.by_kind: dict[UnitKind, list[ResultRecord]] = {}
-        self.by_commit_kind: dict[tuple[str, UnitKind], list[ResultRecord]] = {}
+        self.by_class: dict[str, list[ResultRecord]] = {}
+        self.by_class_kind: dict[tuple[str, UnitKind], list[ResultRecord]] = {}
+        self.by_class_commit_kind: dict[tuple[str, str, UnitKind], list[ResultRecord]] = {}
         self.by_hypothesis: dict[str, list[ResultRecord]] = {}
 
     @property
@@ -222,28 +215,31 @@ class _ClassResults:
         return self.all[-1].result_id if self.all else ""
 
     def extend(self, records: Iterable[ResultRecord]) -> None:
-        for record in records:
-            self.all.append(record)
-            self.by_kind.setdefault(record.kind, []).append(record)
-            self.by_commit_kind.setdefault((record.base_commit, record.kind), []).append(record)
-            if record.hypothesis_id:
-                self.by_hypothesis.setdefault(record.hypothesis_id, []).append(record)
+        for r in records:
+            self.all.append(r)
+            self.by_class.setdefault(r.hardware_class, []).append(r)
+            self.by_class_kind.setdefault((r.hardware_class, r.kind), []).append(r)
+            self.by_class_commit_kind.setdefault((r.hardware_class, r.base_commit, r.kind), []).append(r)
+            if r.hypothesis_id:
+                self.by_hypothesis.setdefault(r.hypothesis_id, []).append(r)
 
-    def select(self, base_commit: str, kind: UnitKind | None, hypothesis_id: str = "") -> list[ResultRecord]:
+    def select(self, hardware_class: str, base_commit: str, kind: UnitKind | None, hypothesis_id: str) -> list[ResultRecord]:
         if hypothesis_id:
-            return [
-                r for r in self.by_hypothesis.get(hypothesis_id, ())
-                if (not base_commit or r.base_commit == base_commit) and (kind is None or r.kind == kind)
-            ]
-        if base_commit and kind is not None:
-            return list(self.by_commit_kind.get((base_commit, kind), ()))
-        if kind is not None:
-            return list(self.by_kind.get(kind, ()))
-        return [r for r in self.all if not base_commit or r.base_commit == base_commit]
-
-
-def _counting(hardware_class: str) -> ResultFilter:
-    return ResultFilter(hardware_class=hardware_class, counting_only=True)
+            rows: list[ResultRecord] = self.by_hypothesis.get(hypothesis_id, [])
+        elif hardware_class and base_commit and kind is not None:
+            return list(self.by_class_commit_kind.get((hardware_class, base_commit, kind), ()))
+        elif hardware_class and kind is not None:
+            return list(self.by_class_kind.get((hardware_class, kind), ()))
+        elif hardware_class:
+            rows = self.by_class.get(hardware_class, [])
+        else:
+            rows = self.all
+        return [
+            r for r in rows
+            if (not hardware_class or r.hardware_class == hardware_class)
+            and (not base_commit or r.base_commit == base_commit)
+            and (kind is None or r.kind == kind)
+        ]
 
 
 def _slim(record: ResultRecord) -> ResultRecord:

@@ -73,8 +73,8 @@ class WorkLoop:
         # The lease and the class's new results in one wait: with appendfsync always, Redis answers
         # nothing while it syncs its log, so every sequential trip costs one fsync's wait.
         reads: list[Awaitable[Any]] = [self.hot.report_context(lease_id)]
-        if ok:  # a run's class is its volunteer's (leases are refused across classes)
-            reads.append(core.view.refresh_class(self.hot, principal.hardware_class))
+        if ok:
+            reads.append(core.view.refresh_results(self.hot))
             if not core.view.merges_current():  # scoring reads them; every couple of seconds
                 reads.append(self._run(core.view.read_merges))
         context, *_ = await asyncio.gather(*reads)
@@ -86,8 +86,6 @@ class WorkLoop:
         core.check_pins(metrics, pinned)
         score = NormalizedScore()
         if ok:
-            if context.unit.hardware_class != principal.hardware_class:
-                await core.view.refresh_class(self.hot, context.unit.hardware_class)
             score = core.score_from_memory(context.unit, metrics.val_bpb)
         record, duplicate = await self.hot.record_result(
             lease_id, principal.principal_id, metrics, score, new_id("res")
