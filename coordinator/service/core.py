@@ -467,14 +467,14 @@ class CoordinatorCore:
         """One policy pass: cancel stale units, judge open hypotheses, top up baselines and
         candidates, and let the built-in proposer keep the queue about as deep as the volunteers.
 
-        Judging every open hypothesis is needed only when something they all depend on moved (the
-        head, a class's baseline or noise); that sweep holds the decision lock. The common light
-        pass (top-ups) is computed without it, so reports keep flowing, and applied under it after
-        re-checking that each request is still wanted."""
+        Judging every open hypothesis is needed only when something they all depend on moved: the
+        head. (A class's new baseline or noise changes only the judgements of hypotheses with runs
+        on that class, and after_result re-judges exactly those; revocations call rejudge_open.)
+        That sweep holds the decision lock. The common light pass (top-ups) is computed without it,
+        so reports keep flowing, and applied under it after re-checking that each request is still
+        wanted."""
         with self._plan_lock:
-            sweep_key = (self.branch.head(), tuple(sorted(
-                (c.hardware_class, c.commit, c.samples, round(c.sigma, 12)) for c in self.store.list_class_stats()
-            )))
+            sweep_key = self.branch.head()
             if sweep_key != self._last_sweep_key:
                 with self._lock:
                     with self.view.pass_snapshot():
@@ -488,7 +488,7 @@ class CoordinatorCore:
                         tuple(decisions.plan_candidates(self.view, self.settings)),
                     )
                 with self._lock:
-                    applied = self._apply_plan(plan, recheck=True) if self.branch.head() == sweep_key[0] else 0
+                    applied = self._apply_plan(plan, recheck=True) if self.branch.head() == sweep_key else 0
             if self.config.proposer_enabled:
                 self._propose()
             return applied
