@@ -23,6 +23,7 @@ from coordinator.store.types import (
 SIGMA = (1.6e-5 / 7) ** 0.5
 SETTINGS = AcceptanceSettings(min_sigma_dof=6)
 STRICT = SETTINGS.replace(verify_max_lag=0)
+POOLED = SETTINGS.replace(pool_same_change=True)  # off by default (it reads every hypothesis)
 
 VOLUNTEERS = {
     "a1": ("o1", "gpu-a"),
@@ -244,11 +245,12 @@ def test_plan_baselines_on_a_new_head_by_different_volunteers(view):
     view.add_commit("c1", view.constants("c0"))
     view.set_head("c1")
     reqs = decisions.plan_baselines(view, SETTINGS)
-    assert sorted(r.hardware_class for r in reqs) == ["gpu-a", "gpu-a", "gpu-b", "gpu-b"]
+    per_class = SETTINGS.baseline_replicates
+    assert sorted(r.hardware_class for r in reqs) == ["gpu-a"] * per_class + ["gpu-b"] * per_class
     assert all(r.kind == UnitKind.BASELINE and r.base_commit == "c1" and not r.hypothesis_id for r in reqs)
     run(view, "a1", 1.0, commit="c1")
     again = [r for r in decisions.plan_baselines(view, SETTINGS) if r.hardware_class == "gpu-a"]
-    assert len(again) == 1 and again[0].excluded_volunteers == ("a1",)
+    assert len(again) == per_class - 1 and all(r.excluded_volunteers == ("a1",) for r in again)
 
 
 def test_extra_baselines_until_the_class_noise_is_measured():
@@ -310,6 +312,61 @@ def test_stale_queued_units_are_cancelled_and_asked_again_on_the_head(view):
     assert [r.base_commit for r in j.requests] == ["c1"]
 
 
+def _new_head_with_depth_9(view: InMemoryView) -> None:
+    """A later head that changed another constant, with its own baselines."""
+    view.add_commit("c1", {**view.constants("c0"), "DEPTH": "9"})
+    view.set_head("c1")
+    baselines(view, "c1")
+
+
+def test_the_same_change_on_an_earlier_base_joins_the_evidence(view):
+    earlier = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.9985, earlier.hypothesis_id)  # about 1 sigma better: weakly better alone
+    assert decisions.judge(view, earlier, SETTINGS).reason.startswith("weakly better")
+    view.set_state(earlier.hypothesis_id, HypothesisState.REJECTED, "weakly better")
+    _new_head_with_depth_9(view)
+    again = view.add_hypothesis({"MATRIX_LR": "0.05"})  # the proposer brings it back on c1
+    run(view, "a3", 0.9985, again.hypothesis_id, commit="c1")
+    alone = decisions.judge(view, again, SETTINGS)
+    assert alone.state == HypothesisState.REJECTED and alone.reason.startswith("weakly better")
+    pooled = decisions.judge(view, again, POOLED)
+    assert pooled.evidence.runs == 2 and pooled.evidence.z > alone.evidence.z
+    assert {g.base_commit for g in pooled.evidence.groups} == {"c0", "c1"}
+    assert pooled.state == HypothesisState.REPLICATING
+    (req,) = pooled.requests
+    # Replicates exclude whoever ran this hypothesis; the earlier runs only add evidence.
+    assert req.kind == UnitKind.REPLICATE and req.excluded_volunteers == ("a3",) and req.base_commit == "c1"
+
+
+def test_pooled_runs_of_the_same_change_can_confirm_it(view):
+    earlier = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "a1", 0.996, earlier.hypothesis_id)
+    run(view, "a3", 0.996, earlier.hypothesis_id, kind=UnitKind.REPLICATE)
+    view.set_state(earlier.hypothesis_id, HypothesisState.REJECTED, "inconclusive")
+    _new_head_with_depth_9(view)
+    again = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    run(view, "b2", 1.296, again.hypothesis_id, commit="c1")
+    assert decisions.judge(view, again, SETTINGS).state == HypothesisState.PROMISING
+    j = decisions.judge(view, again, POOLED)
+    assert j.state == HypothesisState.CONFIRMED and j.merge_onto == "c1" and j.evidence.z >= POOLED.confirm_z
+    assert len(j.evidence.result_ids) == 3
+
+
+def test_a_different_step_or_a_merged_change_is_not_pooled(view):
+    view.add_commit("c2", {**view.constants("c0"), "MATRIX_LR": "0.03"})
+    baselines(view, "c2")
+    other_step = view.add_hypothesis({"MATRIX_LR": "0.05"}, base_commit="c2")  # 0.03 -> 0.05
+    run(view, "a1", 0.996, other_step.hypothesis_id, commit="c2")
+    merged = view.add_hypothesis({"MATRIX_LR": "0.05"}, base_commit="c0")
+    run(view, "a4", 0.996, merged.hypothesis_id)
+    view.set_state(merged.hypothesis_id, HypothesisState.MERGED, "merged")
+    _new_head_with_depth_9(view)
+    again = view.add_hypothesis({"MATRIX_LR": "0.05"})  # 0.04 -> 0.05, as `merged` was
+    run(view, "a3", 0.9985, again.hypothesis_id, commit="c1")
+    j = decisions.judge(view, again, POOLED)
+    assert j.evidence.runs == 1 and j.reason.startswith("weakly better")
+
+
 def _merge(view: InMemoryView) -> MergeRecord:
     h = view.add_hypothesis({"MATRIX_LR": "0.05"})
     view.add_commit("c1", {**view.constants("c0"), "MATRIX_LR": "0.05"})
@@ -361,7 +418,9 @@ def test_merged_runs_serve_as_the_new_heads_baseline(view):
     assert [s.val_bpb for s in decisions.baseline_values(view, "gpu-a", "c1", SETTINGS)] == [0.990, 0.991]
     assert decisions.baseline_values(view, "gpu-a", "c1", SETTINGS, fresh_only=True) == []
     reqs = decisions.plan_baselines(view, SETTINGS)
-    assert sorted(r.hardware_class for r in reqs) == ["gpu-b", "gpu-b"]
+    # gpu-a has two runs of the merged code already: it needs only the rest.
+    per_class = SETTINGS.baseline_replicates
+    assert sorted(r.hardware_class for r in reqs) == ["gpu-a"] * (per_class - 2) + ["gpu-b"] * per_class
 
 
 def test_plan_applies_in_order(view):

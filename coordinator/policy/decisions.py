@@ -13,7 +13,8 @@ Life of a hypothesis as judged here:
 Runs of one hypothesis may sit on several base commits (the head moved while it was measured);
 each run is compared with the baseline of its own class and base commit, and new runs always go
 to the head: a unit whose base_commit differs from the hypothesis's base runs the hypothesis's
-change merged onto that commit.
+change merged onto that commit. Runs of earlier hypotheses that made the same change on other
+bases join the evidence the same way (pool_same_change).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ from coordinator.store.types import (
 DEFAULT_SETTINGS = AcceptanceSettings()
 FAILURE_STATUSES = frozenset({RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.OOM})
 OPEN_STATES = tuple(s for s in HypothesisState if s not in TERMINAL_HYPOTHESIS_STATES)
+# Earlier hypotheses whose runs never join a later one's evidence: a merged change's runs were
+# selected to cross the bar (and a reverted one failed after landing).
+_NOT_POOLED = frozenset({HypothesisState.MERGED, HypothesisState.REVERTED})
 _MAX_ANCESTOR_STEPS = 20  # how far after_merge walks back to find a measured ancestor
 
 WEAK_REASON = "weakly better"  # rejected after one run that was better, but not promising
@@ -332,6 +336,8 @@ class _Context:
         self._head_constants: dict[str, object] | None = None
         self._recent: list[str] | None = None
         self._prior: EffectPrior | None = None
+        self._change_index: dict[tuple[tuple[str, str], ...], list[Hypothesis]] | None = None
+        self._commit_values: dict[str, dict[str, object]] = {}
 
     # -- noise and baselines ----------------------------------------------------------------------
 
@@ -433,6 +439,49 @@ class _Context:
         if self._head_constants is None:
             self._head_constants = _values(self.view.constants(self.view.head_commit()))
         return self._head_constants
+
+    def commit_values(self, commit: str) -> dict[str, object]:
+        if commit not in self._commit_values:
+            self._commit_values[commit] = _values(self.view.constants(commit))
+        return self._commit_values[commit]
+
+    def same_change_results(self, h: Hypothesis) -> list[ResultRecord]:
+        """Usable runs of earlier hypotheses that made the same change as `h` (the same constants
+        from the same values to the same values) on another base.
+
+        The proposer brings a change back on a later head when its direction still looks good; each
+        run is compared with the baseline of its own class and base, as a hypothesis's own runs on
+        several bases are, so pooling them is the same test with more runs."""
+        if not self.s.pool_same_change or not h.constant_changes:
+            return []
+        if self._change_index is None:
+            index: dict[tuple[tuple[str, str], ...], list[Hypothesis]] = defaultdict(list)
+            for other in self.view.hypotheses():
+                if other.constant_changes and other.state not in _NOT_POOLED:
+                    index[tuple(sorted(other.constant_changes.items()))].append(other)
+            self._change_index = index
+        twins = [
+            o
+            for o in self._change_index.get(tuple(sorted(h.constant_changes.items())), ())
+            if o.hypothesis_id != h.hypothesis_id
+        ]
+        if not twins:
+            return []
+        base = self.commit_values(h.base_commit)
+        names = list(h.constant_changes)
+        if not all(n in base for n in names):
+            return []
+        out: list[ResultRecord] = []
+        for other in twins:
+            values = self.commit_values(other.base_commit)
+            if not all(n in values and same_value(values[n], base[n]) for n in names):
+                continue  # the same targets from other values: a different step
+            out += [
+                r
+                for r in self.view.counting_results(hypothesis_id=other.hypothesis_id)
+                if r.metrics.status == RunStatus.OK and self.baseline_ready(r.hardware_class, r.base_commit)
+            ]
+        return out
 
     def conflict(self, hypothesis: Hypothesis) -> str:
         """Why the head makes this hypothesis moot (empty when it does not)."""
@@ -541,6 +590,10 @@ class _Context:
 
         ok = [r for r in results if r.metrics.status == RunStatus.OK]
         groups, waiting, _ = self.groups(ok, head)
+        own_runs = sum(len(g.samples) for g in groups)
+        earlier = self.same_change_results(h) if own_runs else []
+        if earlier:
+            groups = self.groups(ok + earlier, head)[0]
         evidence = pooled_evidence(groups, s.clip_sigma)
         # Queued units on an old base are cancelled and asked for again on the head.
         recent = self.recent_heads()
@@ -549,12 +602,12 @@ class _Context:
         )
         live = [u for u in pending if u.unit_id not in stale]
         in_flight = len(live) + waiting
-        runs = evidence.runs
+        runs = evidence.runs  # with the runs of the same change on earlier bases
 
         def keep(state: HypothesisState, reason: str, requests: Iterable[UnitRequest] = ()) -> Judgement:
             return Judgement(h.hypothesis_id, state, reason, tuple(requests), stale, evidence)
 
-        if runs == 0:
+        if own_runs == 0:
             if in_flight:
                 return keep(
                     _waiting_state(h.state),
@@ -601,7 +654,7 @@ class _Context:
             if verdict.startswith("refuted"):
                 return end(HypothesisState.REJECTED, verdict.removeprefix("refuted: "), evidence)
             needs_head_run = verdict == "verify"
-            if needs_head_run and runs >= 2 * s.max_samples and not in_flight:
+            if needs_head_run and own_runs >= 2 * s.max_samples and not in_flight:
                 return end(
                     HypothesisState.REJECTED,
                     f"could not be verified on a moving head after {runs} runs",
@@ -616,12 +669,14 @@ class _Context:
                     f"{projected:.2f} at {s.max_samples} < {s.futility_z}",
                     evidence,
                 )
-            if not needs_head_run and runs + in_flight >= s.max_samples:
+            if not needs_head_run and own_runs + in_flight >= s.max_samples:
                 if in_flight:
                     return keep(HypothesisState.REPLICATING, f"{runs} runs in, waiting for {in_flight} more")
                 return end(
                     HypothesisState.REJECTED,
-                    f"inconclusive after {runs} runs: pooled z = {evidence.z:.2f} < {s.confirm_z}",
+                    f"inconclusive after {own_runs} runs: pooled z = {evidence.z:.2f}"
+                    + (f" over {runs} with earlier runs of the same change" if runs != own_runs else "")
+                    + f" < {s.confirm_z}",
                     evidence,
                 )
         else:

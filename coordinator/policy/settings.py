@@ -17,7 +17,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class AcceptanceSettings:
     # -- baselines and class noise ---------------------------------------------------------------
-    baseline_replicates: int = 2  # baseline runs each active class gets on each new head
+    baseline_replicates: int = 3  # baseline runs each active class gets on each new head
     baseline_max: int = 12  # at most this many baseline runs per class and head
     baseline_on_demand: bool = True  # a hypothesis asks for a baseline run when that tightens its test more
     min_baseline_samples: int = 2  # below this a (class, commit) has no usable baseline
@@ -52,6 +52,12 @@ class AcceptanceSettings:
     min_volunteers: int = 2  # distinct volunteers behind a confirmation
     min_owners: int = 2  # distinct owners behind a confirmation
     max_samples: int = 6  # runs of one hypothesis (first run plus replicates) before giving up
+    # The same change (the same constants from the same values to the same values) proposed again
+    # on a later head: the runs of its earlier hypotheses join its evidence, so a real step of 1 to
+    # 2 sigma, weakly better each time alone, adds up instead of being rejected afresh. Off by
+    # default: finding the earlier hypotheses reads every hypothesis of the swarm per judgement,
+    # which a swarm with thousands of them cannot afford on every report (policy README).
+    pool_same_change: bool = False
     max_crash_retries: int = 2  # crashed/timed-out/OOM runs retried this often, then failed
     # -- after a merge ----------------------------------------------------------------------------
     revert_z: float = 3.0  # a class's new head baseline this many sigmas worse: revert the merge

@@ -299,8 +299,9 @@ class CoordinatorCore:
     # -- decisions ------------------------------------------------------------------------------
 
     def after_result(self, record: ResultRecord) -> None:
-        """Apply what the policy decides after a new result (idempotent: safe to re-run)."""
-        with self._lock:
+        """Apply what the policy decides after a new result (idempotent: safe to re-run). New
+        results are read once for the whole decision, not once per policy read."""
+        with self._lock, self.view.one_read_of_results():
             if record.metrics.status != RunStatus.OK:
                 decision = decisions.after_crash(self.view, record, self.settings)
                 if decision.request is not None and decision.retry:
