@@ -796,16 +796,9 @@ class RedisStore(Store):
             cache.update(found[:BLOB_CACHE_ENTRIES])
         return [unit_from_row(row, blobs) for row in rows]
 
-    def _page(
-        self,
-        template: str,
-        indexes: Sequence[str],
-        start: str = "-inf",
-        limit: int = ALL,
-        reverse: bool = False,
-        by_seq: bool = True,
-    ) -> list[dict[str, str]]:
-        return self._drive(self._page_steps(template, indexes, start, limit, reverse, by_seq))  # type: ignore[no-any-return]
+    def _page(self, template: str, indexes: Sequence[str], *args: Any, **kwargs: Any) -> list[dict[str, str]]:
+        """_page_steps on this store's client."""
+        return self._drive(self._page_steps(template, indexes, *args, **kwargs))  # type: ignore[no-any-return]
 
     def _page_steps(
         self,
