@@ -12,7 +12,7 @@ blocking methods of the same names (the contract tests run both). Two implementa
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from coordinator.store.base import Store
 from coordinator.store.types import (
@@ -27,7 +27,6 @@ from coordinator.store.types import (
     WorkUnit,
 )
 
-T = TypeVar("T")
 RunBlocking = Callable[..., Awaitable[Any]]  # run_blocking(fn, *args) -> awaitable of fn(*args)
 
 
