@@ -51,9 +51,17 @@ def _decider_pid(data_dir: Path) -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """Live children of pid (a child reaped between the listing and its status is not one)."""
     import psutil
 
-    return [child.pid for child in psutil.Process(pid).children() if child.status() != psutil.STATUS_ZOMBIE]
+    alive = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 def test_killed_decider_is_restarted_and_judges_what_was_acknowledged_meanwhile(tmp_path):
