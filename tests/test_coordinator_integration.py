@@ -17,6 +17,7 @@ import pytest
 from coordinator_proc import CoordinatorProcess, ScriptedVolunteer, coordinator_process, run_swarm
 
 from autoswarm.v1 import swarm_pb2 as pb
+from coordinator.client import CoordinatorUnavailable
 from coordinator.store import errors
 
 pytestmark = pytest.mark.slow
@@ -373,6 +374,38 @@ def test_kill9_mid_run_loses_no_acknowledged_result(tmp_path, store_url):
         response = volunteers[0].report(held, 1.0)
         assert not response.duplicate
         assert "reconciled" in proc.log() or head
+    finally:
+        proc.stop()
+
+
+def test_redis_killed_under_a_serving_coordinator(tmp_path, redis_process):
+    """kill -9 of redis-server mid-run: calls answer UNAVAILABLE (retryable) and change nothing;
+    once it is back (its log replayed, its script cache empty) the same volunteers lease, beat and
+    report again, and every acknowledged result is still there."""
+    proc = coordinator_process(
+        tmp_path / "c", f"{redis_process.url}/0?prefix=outage", policy=POLICY,
+        extra=["--serving-processes", "2"],
+    ).start()
+    try:
+        alice, bob = _volunteers(proc, ["alice", "bob"])
+        first = alice.lease()
+        acknowledged = alice.report(first, 1.0).result_id
+        held = bob.lease()  # a run in flight across the outage
+        redis_process.kill9()
+        for call in (alice.lease, lambda: bob.report(held, 1.0)):
+            with pytest.raises(CoordinatorUnavailable, match="store is unreachable"):
+                call()
+        with pytest.raises(CoordinatorUnavailable, match="store is unreachable"), bob.client() as client:
+            client.heartbeat(held.lease_id, step=1)
+        redis_process.start()
+        with bob.client() as client:
+            assert client.heartbeat(held.lease_id, step=2).lease_deadline_unix_s > held.lease_deadline_unix_s
+        assert not bob.report(held, 1.0).duplicate  # the refused report changed nothing
+        again = alice.lease()
+        assert again is not None and alice.report(again, 1.0).result_id
+        proc.settle()
+        with proc.admin() as admin:
+            assert acknowledged in {r.result_id for r in admin.results()}
     finally:
         proc.stop()
 
