@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from coordinator.store.redis_store import Command, RedisStore, Steps, store_error
+from coordinator.store.redis_store import Command, RedisStore, Steps, reconnect_retry, store_error
 from coordinator.store.types import (
     Lease,
     LeaseExtension,
@@ -41,6 +41,7 @@ def async_client_for(store: RedisStore) -> redis.asyncio.Redis:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         store.url or url_from_settings(store.connection_settings()),
         max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_S, decode_responses=True,
+        retry=reconnect_retry(asyncio_client=True),
     )
     return redis.asyncio.Redis(connection_pool=pool)
 

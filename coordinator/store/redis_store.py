@@ -96,6 +96,9 @@ RESULT_PAGE_CHUNK = 500  # results read per script call while a filter skips som
 SNAPSHOT_BATCH_RECORDS = 200  # records per pipeline when a snapshot is imported or its heavy fields read
 BLOB_READ_BATCH = 200  # code blobs per MGET when reads resolve unit code
 PAGE_CHUNK = 200  # records per page script: each script blocks Redis while it runs
+RECONNECT_RETRIES = 3  # a command that met a broken connection is sent again this often...
+RECONNECT_BACKOFF_S = 0.05  # ...after 50 ms, doubling...
+RECONNECT_BACKOFF_CAP_S = 0.5  # ...up to half a second between tries
 BLOB_CACHE_ENTRIES = 256  # code texts kept in process (~40 KB each); the cache restarts when full
 # Fields written once with their record and never changed, and large (code, logs): a snapshot reads
 # them after its one-moment script, in batches, so that script's reply stays small.
@@ -640,6 +643,24 @@ def _as_dict(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
+def reconnect_retry(asyncio_client: bool = False) -> Any:
+    """Retries for a command that met a broken connection: after a redis-server restart every
+    pooled connection is dead, and without a retry each would fail one call before reconnecting.
+    A command is sent again only when the connection failed (refused, reset, closed), which after
+    a restart means it never ran; the one case where it could run twice (the connection dropped
+    after the server ran it) is harmless for the scripts that matter: a report or a heartbeat
+    repeated is the same report or heartbeat, a repeated lease leaves a lease that expires."""
+    from redis.backoff import ExponentialBackoff
+
+    if asyncio_client:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        return AsyncRetry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=RECONNECT_BACKOFF_S), RECONNECT_RETRIES)
+    from redis.retry import Retry
+
+    return Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=RECONNECT_BACKOFF_S), RECONNECT_RETRIES)
+
+
 class RedisStore(Store):
     """Redis backend. `RedisStore.from_url("redis://host:6379/0?prefix=autoswarm")`."""
 
@@ -667,7 +688,7 @@ class RedisStore(Store):
         prefix = next((value for name, value in query if name == "prefix"), DEFAULT_PREFIX)
         rest = urllib.parse.urlencode([(name, value) for name, value in query if name != "prefix"])
         client = redis.Redis.from_url(
-            urllib.parse.urlunsplit(parts._replace(query=rest)), decode_responses=True
+            urllib.parse.urlunsplit(parts._replace(query=rest)), decode_responses=True, retry=reconnect_retry()
         )
         store = cls(client, prefix=prefix)
         store.url = urllib.parse.urlunsplit(parts._replace(query=rest))
