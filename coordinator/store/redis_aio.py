@@ -10,7 +10,6 @@ this client instead of the blocking one.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,25 +34,17 @@ CONNECTION_WAIT_S = 10.0  # ...this long at most, then the call fails (a store t
 
 
 def async_client_for(store: RedisStore) -> redis.asyncio.Redis:
-    """An asyncio client for the same server, database and credentials as the store's own. An
-    asyncio command holds a connection for its round trip, so a burst of calls needs many; past
-    MAX_CONNECTIONS they queue for one instead of failing."""
+    """An asyncio client for the same server, database and credentials as the store's own (opened
+    with RedisStore.from_url, as open_store does). An asyncio command holds a connection for its
+    round trip, so a burst of calls needs many; past MAX_CONNECTIONS they queue for one instead of
+    failing."""
+    if not store.url:
+        raise ValueError("an async client needs a RedisStore opened with RedisStore.from_url")
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        store.url or url_from_settings(store.connection_settings()),
-        max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_S, decode_responses=True,
+        store.url, max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_S, decode_responses=True,
         retry=reconnect_retry(asyncio_client=True),
     )
     return redis.asyncio.Redis(connection_pool=pool)
-
-
-def url_from_settings(settings: dict[str, Any]) -> str:
-    """redis:// or unix:// URL of a client's connection settings (a store made from a client)."""
-    user = urllib.parse.quote(settings.get("username") or "", safe="")
-    password = urllib.parse.quote(settings.get("password") or "", safe="")
-    credentials = f"{user}:{password}@" if user or password else ""
-    if settings.get("unix_socket_path"):
-        return f"unix://{credentials}{settings['unix_socket_path']}?db={settings.get('db', 0)}"
-    return f"redis://{credentials}{settings.get('host', 'localhost')}:{settings.get('port', 6379)}/{settings.get('db', 0)}"
 
 
 class AsyncRedisStore:

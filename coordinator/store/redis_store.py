@@ -698,13 +698,6 @@ class RedisStore(Store):
     def script(self, name: str) -> Script:
         return self._scripts[name]
 
-    def connection_settings(self) -> dict[str, Any]:
-        """Where the client connects (for a store made from a client rather than a URL)."""
-        settings = self._redis.connection_pool.connection_kwargs
-        names = {"host": "host", "port": "port", "db": "db", "username": "username", "password": "password",
-                 "path": "unix_socket_path"}  # Redis() takes a socket path as unix_socket_path
-        return {names[name]: value for name, value in settings.items() if name in names and value is not None}
-
     def durability(self) -> dict[str, str]:
         """The server's persistence settings (empty when CONFIG is not allowed)."""
         try:
