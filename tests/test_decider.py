@@ -256,3 +256,63 @@ def test_a_tokenizer_pinned_through_one_serving_process_binds_them_all(tmp_path)
         assert refused >= 4
     finally:
         proc.stop()
+
+
+def test_a_store_outage_mid_pass_stops_the_pass_before_the_unjudged_result(tmp_path, redis_process, monkeypatch):
+    """redis-server killed (-9) while the decider judges a batch: the pass stops at the result
+    it could not judge, the cursor stays before it, and after the restart the next pass judges
+    it and the rest. (Skipping on would leave those results to a sweep that runs only when the
+    head moves.) A failure that is not an outage still only skips its own result."""
+    import redis
+    from store_contract import a_score, add_volunteer, make_unit, new_id, ok_metrics
+
+    from coordinator.branch import GlobalBranch
+    from coordinator.server import BRANCH_DIR, initial_branch_files
+    from coordinator.service.core import CoordinatorCore, SwarmConfig
+    from coordinator.service.signing import SigningKeys
+    from coordinator.store.redis_store import RedisStore
+
+    store = RedisStore.from_url(f"{redis_process.url}/0?prefix=outage")
+    try:
+        branch = GlobalBranch.open(tmp_path / BRANCH_DIR, "global", initial_branch_files())
+        config = SwarmConfig(budget_s=5.0, dataset="pydoc", data_manifest_id="m", proposer_enabled=False)
+        core = CoordinatorCore(store, branch, SigningKeys.load_or_create(tmp_path), config)
+        core.reconcile()
+        volunteer = add_volunteer(store)
+        reported = []
+        for _ in range(4):
+            store.enqueue_unit(make_unit(base_commit=branch.head()))
+            granted = store.lease_unit(volunteer.principal_id, volunteer.owner, "cpu", 600.0)
+            assert granted is not None
+            record, _ = store.record_result(
+                granted[1].lease_id, volunteer.principal_id, ok_metrics(), a_score(), new_id("res")
+            )
+            reported.append(record.result_id)
+
+        decider = decider_mod.Decider(core)
+        judged: list[str] = []
+        killed: list[bool] = []
+        real_after_result = core.after_result
+
+        def after_result(record):
+            if record.result_id == reported[1] and not killed:
+                redis_process.kill9()  # the store goes away in the middle of the batch
+                killed.append(True)
+            if record.result_id == reported[3] and len(judged) == 3:
+                raise ValueError("a bug judging this one result")
+            real_after_result(record)
+            judged.append(record.result_id)
+
+        monkeypatch.setattr(core, "after_result", after_result)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            decider.judge_new_results()
+        assert judged == reported[:1]
+        assert decider.cursor == reported[0]
+
+        redis_process.start()  # reloads its append-only file: every acknowledged result is back
+        assert decider.judge_new_results() == 3
+        assert judged == reported[:3]  # the fourth failed on its own and was skipped, as before
+        assert decider.cursor == reported[3]
+        assert store.get_meta(decider_mod.META_CURSOR) == reported[3]
+    finally:
+        store.close()

@@ -41,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+from coordinator.service.errors import store_unreachable
+
 log = logging.getLogger("autoswarm.coordinator.decider")
 
 LOCK_FILE = "decider.lock"
@@ -51,6 +53,7 @@ META_CURSOR = "decider_cursor"  # the last result id the decider has judged (rep
 IDLE_PASS_INTERVAL_S = 5.0  # a policy pass at least this often, woken or not
 MIN_PASS_INTERVAL_S = 0.05  # woken passes no closer together than this
 PASS_DUTY_FACTOR = 4.0  # a pass that took d seconds waits (factor - 1) x d before an unrequested one
+OUTAGE_RETRY_S = 1.0  # a pass stopped by an unreachable store is retried this much later
 NICE_INCREMENT = 10  # the serving process keeps the CPU when both want it
 COMMAND_WAKE = "wake"  # new results or hypotheses
 COMMAND_TOP_UP = "topup"  # a lease found its class's queue empty
@@ -225,7 +228,12 @@ class Decider:
             for record in batch:
                 try:
                     self.core.after_result(record)
-                except Exception:
+                except Exception as exc:
+                    if store_unreachable(exc):
+                        # Not this result's fault: stop here, the cursor still before it, and
+                        # the next pass judges it (skipping on would leave it to a sweep that
+                        # runs only when the head moves).
+                        raise
                     log.exception("judging result %s failed; it is judged again by the next sweep", record.result_id)
                 self.cursor = record.result_id
             if batch:
@@ -292,6 +300,7 @@ def run_decider(core: object, data_dir: Path, stdin_fd: int = 0) -> None:
     last_pass_started = 0.0
     passes = 0
     pending: set[str] = set()  # read after the last pass, not yet acted on
+    carried: set[str] = set()  # commands of a pass that a store outage stopped
     log.info("decider ready (cursor %s)", decider.cursor or "at the start")
     while True:
         if pending:
@@ -311,15 +320,28 @@ def run_decider(core: object, data_dir: Path, stdin_fd: int = 0) -> None:
         # Every line written before `started` is in the pipe now, so this pass reads it: a pass
         # covers the wake-ups written before its start.
         started = time.time()
-        commands |= _drain(fifo_fd, buffer)
+        commands |= _drain(fifo_fd, buffer) | carried
+        carried = set()
         last_pass_started = time.monotonic()
+        outage = False
         try:
             decider.run_pass(commands)
-        except Exception:
-            log.exception("decision pass failed")
+        except Exception as exc:
+            outage = store_unreachable(exc)
+            if outage:
+                log.warning("decision pass stopped: the store is unreachable (%s); retrying in %.0f s",
+                            type(exc).__name__, OUTAGE_RETRY_S)
+            else:
+                log.exception("decision pass failed")
         took_s = time.monotonic() - last_pass_started
         if took_s > IDLE_PASS_INTERVAL_S:
             log.warning("decision pass took %.1f s", took_s)
+        if outage:
+            # Nothing was acted on past the outage: no waiter is released, and the same commands
+            # run again once the store answers (stdin is still watched meanwhile).
+            carried = commands
+            next_idle_pass = time.monotonic() + OUTAGE_RETRY_S
+            continue
         next_idle_pass = time.monotonic() + max(IDLE_PASS_INTERVAL_S, (PASS_DUTY_FACTOR - 1) * took_s)
         passes += 1
         # A line written after `started` may have been read by the drain above and acted on, yet

@@ -50,12 +50,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
             if isinstance(exc, errors.DuplicateError):
                 details += f"{_ORIGINAL_MARKER}{exc.original_id}"
             return code, details
-    if _store_unreachable(exc):  # retryable: clients back off and try again, nothing was applied
+    if store_unreachable(exc):  # retryable: clients back off and try again, nothing was applied
         return grpc.StatusCode.UNAVAILABLE, f"the coordinator's store is unreachable: {type(exc).__name__}"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
-def _store_unreachable(exc: BaseException) -> bool:
+def store_unreachable(exc: BaseException) -> bool:
     """Redis down or restarting (connection refused or reset, a timeout, still loading its log)."""
     import redis.exceptions
 
