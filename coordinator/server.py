@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from autoswarm.v1 import swarm_pb2_grpc as pb_grpc
 from coordinator.branch import GlobalBranch
 from coordinator.ops import BranchMirror
+from coordinator.service import event_loop
 from coordinator.service.auth import AuthInterceptor, PrincipalCache, hash_token, new_token
 from coordinator.service.core import META_REVOCATION_EPOCH, CoordinatorCore, SwarmConfig
 from coordinator.service.decider import DeciderLink, DeciderProcess, decider_command
@@ -75,6 +76,7 @@ class ServerOptions:
     # answer RPCs. Needs decisions="process".
     serving_processes: int = 1
     secondary: bool = False  # set on the processes the primary starts
+    event_loop: str = "auto"  # auto | uvloop | asyncio (service/event_loop.py)
 
 
 def initial_branch_files() -> dict[str, str]:
@@ -408,7 +410,7 @@ def serve(options: ServerOptions) -> None:
         # own process the workers only wait on the store, and the default interval serves more
         # (benchmarks/README.md).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    asyncio.run(CoordinatorServer(options).serve_forever())
+    event_loop.run(CoordinatorServer(options).serve_forever(), options.event_loop)
 
 
 def serve_secondary(encoded: str) -> None:
@@ -422,7 +424,7 @@ def serve_secondary(encoded: str) -> None:
     from coordinator.cli.coordinator_cmd import configure_logging
 
     configure_logging(options.log_json)
-    asyncio.run(CoordinatorServer(options).serve_forever())
+    event_loop.run(CoordinatorServer(options).serve_forever(), options.event_loop)
 
 
 if __name__ == "__main__":

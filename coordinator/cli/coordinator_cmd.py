@@ -52,6 +52,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--serving-processes", type=int, default=int(env("AUTOSWARM_SERVING_PROCESSES", "1")),
         help="processes answering RPCs on the same port (SO_REUSEPORT; one per core is a good start)",
     )
+    p.add_argument(
+        "--event-loop", choices=["auto", "uvloop", "asyncio"], default=env("AUTOSWARM_EVENT_LOOP", "auto"),
+        help="the serving processes' event loop: uvloop when installed (auto, the default), or asyncio",
+    )
     p.add_argument("--mirror-url", default=env("AUTOSWARM_MIRROR_URL", ""),
                    help="push the global branch to this git remote after every merge (optional)")
 
@@ -184,8 +188,14 @@ def main(argv: list[str]) -> int:
     if args.command == "serve":
         from coordinator.server import ServerOptions, serve
         from coordinator.service.core import SwarmConfig
+        from coordinator.service.event_loop import EventLoopError, choose_event_loop
 
         configure_logging(args.log_json)
+        try:
+            choose_event_loop(args.event_loop)
+        except EventLoopError as exc:
+            print(f"autoswarm coordinator serve: {exc}", file=sys.stderr)
+            return 2
         swarm = SwarmConfig(
             budget_s=args.budget_s,
             dataset=args.dataset,
@@ -210,6 +220,7 @@ def main(argv: list[str]) -> int:
             decisions=args.decisions,
             log_json=args.log_json,
             serving_processes=args.serving_processes,
+            event_loop=args.event_loop,
         )
         serve(options)
         return 0

@@ -1,0 +1,83 @@
+"""The serving processes' event loop (coordinator/service/event_loop.py): uvloop when installed,
+the standard loop on request or when it is missing, said in the log either way; a real
+coordinator with two serving processes leases, beats and reports on each."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+from coordinator_proc import ScriptedVolunteer, coordinator_process
+
+from coordinator.service import event_loop
+
+pytestmark = pytest.mark.slow
+
+
+def _hide_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "uvloop" else real_find_spec(name, *a, **k)
+    )
+
+
+def test_choice_of_loop():
+    assert event_loop.choose_event_loop("asyncio") == "asyncio"
+    expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    assert event_loop.choose_event_loop("auto") == expected
+    with pytest.raises(event_loop.EventLoopError, match="unknown event loop"):
+        event_loop.choose_event_loop("trio")
+
+
+def test_without_uvloop_auto_falls_back_and_a_request_for_it_is_refused(monkeypatch):
+    _hide_uvloop(monkeypatch)
+    assert event_loop.choose_event_loop("auto") == "asyncio"
+    with pytest.raises(event_loop.EventLoopError, match="uvloop is not installed"):
+        event_loop.choose_event_loop("uvloop")
+
+
+def test_run_uses_the_chosen_loop(caplog):
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    caplog.set_level("INFO", logger="autoswarm.coordinator")
+    assert event_loop.run(loop_module(), "asyncio").startswith("asyncio")
+    assert "event loop: asyncio" in caplog.text
+    pytest.importorskip("uvloop")
+    assert event_loop.run(loop_module(), "uvloop").startswith("uvloop")
+    assert "event loop: uvloop" in caplog.text
+
+
+def test_serve_refuses_a_missing_uvloop_before_starting(monkeypatch, tmp_path, capsys):
+    from coordinator.cli import coordinator_cmd
+
+    _hide_uvloop(monkeypatch)
+    code = coordinator_cmd.main(
+        ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "c"), "--event-loop", "uvloop"]
+    )
+    assert code == 2
+    assert "uvloop is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing was started or written
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_two_serving_processes_serve_the_volunteer_loop_on_either_loop(tmp_path, loop_name):
+    if loop_name == "uvloop":
+        pytest.importorskip("uvloop")
+    proc = coordinator_process(
+        tmp_path / "c", extra=["--serving-processes", "2", "--event-loop", loop_name]
+    ).start()
+    try:
+        # Each scripted call opens its own connection: over a few, both processes answer.
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol")]
+        for volunteer in volunteers:
+            for _ in range(2):
+                unit = volunteer.lease()
+                assert unit is not None
+                with volunteer.client() as client:
+                    assert client.heartbeat(unit.lease_id, step=10, fraction=0.5).lease_deadline_unix_s > 0
+                assert volunteer.report(unit, 1.0).result_id
+        assert proc.log().count(f"event loop: {loop_name}") == 2  # the primary and the secondary
+    finally:
+        proc.stop()
