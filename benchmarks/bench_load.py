@@ -80,10 +80,11 @@ TOKENIZER_HASH = "tok-loadbench"
 # Harness defaults (may be changed on the command line)
 # ---------------------------------------------------------------------------------------------
 LOAD_PROCESSES = 2  # one per core; each is an asyncio loop with CHANNELS connections
-# Connections per load process. Real volunteers each hold their own; several per process let a
-# server with several serving processes (SO_REUSEPORT spreads connections, not calls) see
-# its load spread as a real swarm's would be.
-CHANNELS = 8
+# Connections per load process. Real volunteers each hold their own; many per process let a
+# server with several serving processes (SO_REUSEPORT spreads connections, not calls) see its
+# load spread as a real swarm's would be. With 8 per process (16 in all) the kernel's split was
+# often 5:11, and the busier serving process saturated while the other idled at a third of a core.
+CHANNELS = 64
 CONCURRENCY = 32  # closed-loop calls in flight per load process
 VOLUNTEERS = 2000  # registered volunteers; each calls about every VOLUNTEERS / rate seconds
 VOLUNTEERS_PER_OWNER = 4
