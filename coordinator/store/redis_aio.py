@@ -5,7 +5,9 @@ also costs a thread hop and a fight for the GIL with the event loop (measured: a
 costs the server 2-3x the CPU of the same GET awaited on the loop). So the serving process runs
 these calls here, natively async. The logic is not written twice: RedisStore writes each of
 them as a generator of commands (`*_steps`), and `_drive` below runs those same generators on
-this client instead of the blocking one.
+this client instead of the blocking one. The commands travel through resp_aio's lean client (the
+protocol written directly: about a quarter of redis-py's CPU per command), or through redis-py's
+asyncio client for URLs with options the lean one does not implement.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from coordinator.store.redis_store import Command, RedisStore, Steps, reconnect_retry, store_error
+from coordinator.store.redis_store import Command, RedisStore, Steps, reconnect_retry
+from coordinator.store.resp_aio import RespPool, supports_url
 from coordinator.store.types import (
     Lease,
     LeaseExtension,
@@ -31,6 +34,23 @@ from coordinator.store.types import (
 
 MAX_CONNECTIONS = 64  # concurrent commands of one serving process; more wait for a free connection
 CONNECTION_WAIT_S = 10.0  # ...this long at most, then the call fails (a store that slow is down)
+
+
+class _RedisPyPipeline:
+    """redis-py's asyncio client behind the same two calls as resp_aio.RespPool, for URLs with
+    options the lean client does not implement."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+
+    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def async_client_for(store: RedisStore) -> redis.asyncio.Redis:
@@ -51,13 +71,19 @@ class AsyncRedisStore:
     """The hot calls of a RedisStore (see coordinator.store.aio.HotStore), awaited on the loop.
     Make it on the event loop that will use it: the client's connections belong to that loop."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, lean: bool = True) -> None:
         self.store = store
-        self._client = async_client_for(store)
+        if not store.url:
+            raise ValueError("an async client needs a RedisStore opened with RedisStore.from_url")
+        self._pipe: RespPool | _RedisPyPipeline
+        if lean and supports_url(store.url):
+            self._pipe = RespPool(store.url, MAX_CONNECTIONS, CONNECTION_WAIT_S)
+        else:
+            self._pipe = _RedisPyPipeline(async_client_for(store))
         self._seq_key = store.keys.key("seq")
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._pipe.aclose()
 
     # -- the commands of RedisStore's generators, awaited -------------------------------------------
 
@@ -72,38 +98,40 @@ class AsyncRedisStore:
     async def _execute(self, command: Command) -> Any:
         kind = command[0]
         if kind == "script":
-            return await self._script(command[1], command[2])
+            (reply,) = await self._scripts([(command[1], command[2])])
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         if kind == "scripts":
-            calls = command[1]
-            replies: list[Any] = [None] * len(calls)
-            todo = list(range(len(calls)))
-            for attempt in range(2):
-                pipe = self._client.pipeline(transaction=False)
-                for index in todo:
-                    name, args = calls[index]
-                    pipe.evalsha(self.store.script(name).sha, *self.store.script_argv(args))
-                got = await pipe.execute(raise_on_error=False)
-                todo = self.store.settle_replies(calls, todo, got, replies, attempt)
-                for name in {calls[index][0] for index in todo}:
-                    await self._client.script_load(self.store.script(name).script)
-            return replies
+            return await self._scripts(command[1])
         if kind == "mget":
-            return await self._client.mget(command[1])
+            return await self._one(("MGET", *command[1]))
         if kind == "hget":
-            return await self._client.hget(command[1], command[2])
+            return await self._one(("HGET", command[1], command[2]))
         raise ValueError(f"unknown command {kind!r}")
 
-    async def _script(self, name: str, args: Sequence[Any]) -> Any:
-        script = self.store.script(name)
-        argv = self.store.script_argv(args)
-        try:
-            try:
-                return await self._client.evalsha(script.sha, *argv)
-            except redis.exceptions.NoScriptError:  # the server lost its script cache: load, run once more
-                await self._client.script_load(script.script)
-                return await self._client.evalsha(script.sha, *argv)
-        except redis.ResponseError as exc:
-            raise store_error(exc) from None
+    async def _one(self, command: Sequence[Any]) -> Any:
+        (reply,) = await self._pipe.execute([command])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _scripts(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Pipelined EVALSHA; a script the server lost (NOSCRIPT: it did not run) is loaded and
+        sent once more. Error replies come back as typed errors, one per call."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            got = await self._pipe.execute([
+                ("EVALSHA", self.store.script(calls[index][0]).sha, *self.store.script_argv(calls[index][1]))
+                for index in todo
+            ])
+            todo = self.store.settle_replies(calls, todo, got, replies, attempt)
+            if not todo:
+                break
+            await self._pipe.execute([("SCRIPT", "LOAD", self.store.script(name).script)
+                                      for name in {calls[index][0] for index in todo}])
+        return replies
 
     # -- the hot calls --------------------------------------------------------------------------------
 
