@@ -134,3 +134,38 @@ def test_the_pool_bounds_connections_and_a_long_wait_fails_like_an_outage(redis_
     assert replies == [[None]] * 4
     assert took >= 0.38  # four 0.2 s waits over two connections: two rounds
     assert opened <= 2
+
+
+def test_slots_are_handed_to_waiters_in_arrival_order_and_never_lost():
+    from coordinator.store.resp_aio import _Slots
+
+    async def main():
+        slots = _Slots(1)
+        assert await slots.acquire(1.0)
+        order: list[str] = []
+
+        async def wait(name: str, timeout_s: float = 2.0) -> None:
+            if await slots.acquire(timeout_s):
+                order.append(name)
+                await asyncio.sleep(0.01)
+                slots.release()
+            else:
+                order.append(f"{name} timed out")
+
+        first = asyncio.ensure_future(wait("first"))
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(wait("cancelled"))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(wait("second"))
+        await asyncio.sleep(0)
+        impatient = asyncio.ensure_future(wait("impatient", timeout_s=0.001))
+        await asyncio.sleep(0.005)
+        gone.cancel()
+        slots.release()  # the holder lets go: the oldest waiter gets it, not a newcomer
+        late = asyncio.ensure_future(wait("late"))
+        await asyncio.gather(first, second, late, impatient, return_exceptions=True)
+        return order, slots.free
+
+    order, free = _run(main())
+    assert order == ["impatient timed out", "first", "second", "late"]
+    assert free == 1  # every slot came back, the cancelled waiter's included

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,6 +102,46 @@ class _Connection:
         self.writer.close()
 
 
+class _Slots:
+    """At most `size` holders; waiters are served first come, first served, and a released slot
+    goes straight to the oldest waiter (no newcomer can take it first, so no waiter starves
+    behind a stream of new calls)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, timeout_s: float) -> bool:
+        """True once a slot is held; False after timeout_s without one."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            return True
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return True  # handed a slot just as the wait ran out: keep it
+            waiter.cancel()
+            return False
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, but the caller is gone: pass it on
+            else:
+                waiter.cancel()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class RespPool:
     """Up to `max_connections` connections; a round trip takes one for its duration. Waiting for
     a free one longer than `wait_s` fails like an unreachable store."""
@@ -122,7 +163,7 @@ class RespPool:
                 self._ssl.check_hostname = False
                 self._ssl.verify_mode = ssl.CERT_NONE
         self._wait_s = wait_s
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = _Slots(max_connections)
         self._idle: list[_Connection] = []
         self._backoff = ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=RECONNECT_BACKOFF_S)
 
@@ -148,12 +189,10 @@ class RespPool:
                 await asyncio.sleep(self._backoff.compute(failures))
 
     async def _round_trip(self, payload: bytes, count: int) -> list[Any]:
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self._wait_s)
-        except TimeoutError:
+        if not await self._slots.acquire(self._wait_s):
             raise redis.exceptions.ConnectionError(
                 f"no free connection to redis at {self.where} within {self._wait_s:.0f} s"
-            ) from None
+            )
         connection: _Connection | None = None
         try:
             connection = self._idle.pop() if self._idle else await self._connect()
