@@ -97,6 +97,8 @@ def loops() -> Iterator[LoopThread]:
 
 
 class TestAsyncRedisStore(StoreContract):
+    lean = True  # the lean client (resp_aio); the subclass below runs redis-py's
+
     @pytest.fixture
     def store_url(self, redis_url: str) -> str:
         return redis_url
@@ -106,8 +108,10 @@ class TestAsyncRedisStore(StoreContract):
         opened: list[ThroughHotStore] = []
 
         def make() -> Any:
-            opened.append(ThroughHotStore(RedisStore.from_url(store_url), loops))
+            opened.append(ThroughHotStore(RedisStore.from_url(store_url), loops, lean=self.lean))
             assert isinstance(opened[-1].hot, AsyncRedisStore)
+            expected = "RespPool" if self.lean else "_RedisPyPipeline"
+            assert type(opened[-1].hot._pipe).__name__ == expected
             return opened[-1]
 
         yield make
@@ -118,28 +122,11 @@ class TestAsyncRedisStore(StoreContract):
             store.close()
 
 
-class TestAsyncRedisStoreOnRedisPy(StoreContract):
+class TestAsyncRedisStoreOnRedisPy(TestAsyncRedisStore):
     """The same contract through redis-py's asyncio client: what serves URLs with options the
     lean client does not implement."""
 
-    @pytest.fixture
-    def store_url(self, redis_url: str) -> str:
-        return redis_url
-
-    @pytest.fixture
-    def make_store(self, store_url: str, loops: LoopThread) -> Iterator[Callable[[], Any]]:
-        opened: list[ThroughHotStore] = []
-
-        def make() -> Any:
-            opened.append(ThroughHotStore(RedisStore.from_url(store_url), loops, lean=False))
-            return opened[-1]
-
-        yield make
-        cleaner = RedisStore.from_url(store_url)
-        cleaner.delete_everything()
-        cleaner.close()
-        for store in opened:
-            store.close()
+    lean = False
 
 
 class TestThreadedHotStore(StoreContract):
