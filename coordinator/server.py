@@ -77,6 +77,7 @@ class ServerOptions:
     serving_processes: int = 1
     secondary: bool = False  # set on the processes the primary starts
     event_loop: str = "auto"  # auto | uvloop | asyncio (service/event_loop.py)
+    grpc_servers: int = 2  # gRPC servers per serving process on the same port (accept queues; see start)
 
 
 def initial_branch_files() -> dict[str, str]:
@@ -177,7 +178,7 @@ class CoordinatorServer:
         self.run_decisions = Blocking(DECISION_WORKERS, name="decide")  # calls that take the core's lock
         self.cache = PrincipalCache()
         self.hot: HotStore | None = None  # the volunteer loop's async store (start() makes it)
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._maintenance: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -199,36 +200,49 @@ class CoordinatorServer:
         self._revocation_epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
         self.hot = hot_store_for(self.store, self.run_blocking)  # made on the loop that uses it
         work = WorkLoop(self.core, self.hot, self.run_blocking, self.run_decisions)
-        server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.cache, self.hot)],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1 if self.options.serving_processes > 1 else 0),
-            ],
+        # grpc.aio accepts one call of each method at a time per server, and each accept takes
+        # a few turns of the event loop: the method with most of the calls (heartbeats) queues
+        # in gRPC when the loop is busy. Several servers on the same port (SO_REUSEPORT spreads
+        # connections over them) accept in parallel, sharing everything else.
+        servers = self.options.grpc_servers
+        reuse_port = self.options.serving_processes > 1 or servers > 1
+        coordinator = CoordinatorServicer(
+            self.core, work, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions, self.decider
         )
-        pb_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(
-                self.core, work, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions, self.decider
-            ),
-            server,
-        )
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.core, self.run_blocking, self.cache), server)
+        admin = AdminServicer(self.core, self.run_blocking, self.cache)
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        credentials = None
         if self.options.tls_cert and self.options.tls_key:
             credentials = grpc.ssl_server_credentials(
                 [(Path(self.options.tls_key).read_bytes(), Path(self.options.tls_cert).read_bytes())]
             )
-            self.port = server.add_secure_port(self.options.listen, credentials)
-        else:
-            self.port = server.add_insecure_port(self.options.listen)
-        if self.port == 0:
-            raise RuntimeError(f"could not listen on {self.options.listen}")
-        await server.start()
+        listen = self.options.listen
+        for index in range(servers):
+            server = grpc.aio.server(
+                interceptors=[AuthInterceptor(self.cache, self.hot)],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ],
+            )
+            pb_grpc.add_CoordinatorServicer_to_server(coordinator, server)
+            pb_grpc.add_AdminServicer_to_server(admin, server)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+            if port == 0 and index > 0:  # no SO_REUSEPORT here: the servers started serve alone
+                log.warning("could not add gRPC server %d on %s (port sharing unavailable?); serving with %d",
+                            index + 1, listen, index)
+                break
+            if port == 0:
+                raise RuntimeError(f"could not listen on {listen}")
+            if index == 0:
+                self.port = port
+                listen = f"{listen.rsplit(':', 1)[0]}:{port}"  # the others join the first one's port
+            await server.start()
+            self._servers.append(server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("autoswarm.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
-        self._server = server
         host = self.options.listen.rsplit(":", 1)[0]
         address = f"{host}:{self.port}"
         if self.options.secondary:
@@ -365,8 +379,7 @@ class CoordinatorServer:
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
-        if self._server is not None:
-            await self._server.stop(grace_s)
+        await asyncio.gather(*(server.stop(grace_s) for server in self._servers))
         for process in self.secondaries:
             if process.stdin is not None:
                 process.stdin.close()  # EOF ends its stdin watch, so its own shutdown can finish

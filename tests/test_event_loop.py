@@ -81,3 +81,42 @@ def test_two_serving_processes_serve_the_volunteer_loop_on_either_loop(tmp_path,
         assert proc.log().count(f"event loop: {loop_name}") == 2  # the primary and the secondary
     finally:
         proc.stop()
+
+
+def _listening_sockets(pid: int, port: int) -> int:
+    import psutil
+
+    return sum(
+        1 for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    )
+
+
+def test_several_grpc_servers_share_a_serving_process_port(tmp_path):
+    """--grpc-servers 3: three listening sockets on one port in one process (each server accepts
+    calls on its own); calls over many connections all succeed; a stop ends it cleanly."""
+    import json
+
+    pytest.importorskip("psutil")
+    proc = coordinator_process(tmp_path / "c", extra=["--grpc-servers", "3"]).start()
+    try:
+        ready = json.loads((proc.data_dir / "coordinator.json").read_text())
+        port = int(ready["address"].rsplit(":", 1)[1])
+        assert _listening_sockets(proc.proc.pid, port) == 3
+        volunteers = [ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "bob", "carol", "dave")]
+        for volunteer in volunteers:  # each call opens its own connection: the kernel spreads them
+            unit = volunteer.lease()
+            assert unit is not None
+            with volunteer.client() as client:
+                assert client.heartbeat(unit.lease_id, step=1).lease_deadline_unix_s > 0
+            assert volunteer.report(unit, 1.0).result_id
+    finally:
+        assert proc.stop() == 0
+
+
+def test_grpc_servers_out_of_range_are_refused(tmp_path, capsys):
+    from coordinator.cli import coordinator_cmd
+
+    code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), "--grpc-servers", "0"])
+    assert code == 2 and "--grpc-servers" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

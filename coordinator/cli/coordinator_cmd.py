@@ -53,6 +53,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="processes answering RPCs on the same port (SO_REUSEPORT; one per core is a good start)",
     )
     p.add_argument(
+        "--grpc-servers", type=int, default=int(env("AUTOSWARM_GRPC_SERVERS", "2")),
+        help="gRPC servers per serving process on the same port: each accepts calls of a method "
+        "in parallel with the others (heartbeats are most calls)",
+    )
+    p.add_argument(
         "--event-loop", choices=["auto", "uvloop", "asyncio"], default=env("AUTOSWARM_EVENT_LOOP", "auto"),
         help="the serving processes' event loop: uvloop when installed (auto, the default), or asyncio",
     )
@@ -196,6 +201,9 @@ def main(argv: list[str]) -> int:
         except EventLoopError as exc:
             print(f"autoswarm coordinator serve: {exc}", file=sys.stderr)
             return 2
+        if not 1 <= args.grpc_servers <= 16:
+            print("autoswarm coordinator serve: --grpc-servers must be between 1 and 16", file=sys.stderr)
+            return 2
         swarm = SwarmConfig(
             budget_s=args.budget_s,
             dataset=args.dataset,
@@ -221,6 +229,7 @@ def main(argv: list[str]) -> int:
             log_json=args.log_json,
             serving_processes=args.serving_processes,
             event_loop=args.event_loop,
+            grpc_servers=args.grpc_servers,
         )
         serve(options)
         return 0
