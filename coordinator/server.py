@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,25 @@ class ServerOptions:
     secondary: bool = False  # set on the processes the primary starts
     event_loop: str = "auto"  # auto | uvloop | asyncio (service/event_loop.py)
     grpc_servers: int = 2  # gRPC servers per serving process on the same port (accept queues; see start)
+
+
+def _refuse_a_taken_port(listen: str) -> None:
+    """With SO_REUSEPORT a second coordinator could bind a port another one listens on and take
+    half its connections; refuse instead, as a plain bind would. Port 0 picks a free one."""
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text) if port_text.isdigit() else 0
+    if port == 0:
+        return
+    host = host.strip("[]") or None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closing old socket is fine
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise RuntimeError(f"could not listen on {listen}: {exc.strerror} (another process serves it)") from exc
+        return
 
 
 def initial_branch_files() -> dict[str, str]:
@@ -206,6 +226,8 @@ class CoordinatorServer:
         # connections over them) accept in parallel, sharing everything else.
         servers = self.options.grpc_servers
         reuse_port = self.options.serving_processes > 1 or servers > 1
+        if reuse_port and not self.options.secondary:
+            _refuse_a_taken_port(self.options.listen)  # port sharing would otherwise split it silently
         coordinator = CoordinatorServicer(
             self.core, work, self.run_blocking, self.cache, classify_fingerprint, self.run_decisions, self.decider
         )

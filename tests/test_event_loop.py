@@ -120,3 +120,20 @@ def test_grpc_servers_out_of_range_are_refused(tmp_path, capsys):
     code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), "--grpc-servers", "0"])
     assert code == 2 and "--grpc-servers" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_second_coordinator_on_a_taken_port_is_refused(tmp_path):
+    """Port sharing (SO_REUSEPORT) is on for the gRPC servers, so a plain bind no longer fails
+    for a second coordinator on the same port: it must refuse by itself, not take half the calls."""
+    from conftest import free_port
+
+    port = free_port()
+    first = coordinator_process(tmp_path / "a", extra=["--listen", f"127.0.0.1:{port}"]).start()
+    try:
+        second = coordinator_process(tmp_path / "b", extra=["--listen", f"127.0.0.1:{port}"])
+        with pytest.raises(RuntimeError, match="another process serves it"):
+            second.start()
+        volunteer = ScriptedVolunteer(first, owner="alice").register()
+        assert volunteer.lease() is not None  # the first one still serves its port alone
+    finally:
+        first.stop()
