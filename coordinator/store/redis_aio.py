@@ -40,8 +40,14 @@ class _RedisPyPipeline:
     """redis-py's asyncio client behind the same two calls as resp_aio.RespPool, for URLs with
     options the lean client does not implement."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self._client = client
+    def __init__(self, url: str) -> None:
+        # An asyncio command holds a connection for its round trip, so a burst of calls needs
+        # many; past MAX_CONNECTIONS they queue for one instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_S, decode_responses=True,
+            retry=reconnect_retry(asyncio_client=True),
+        )
+        self._client = redis.asyncio.Redis(connection_pool=pool)
 
     async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
@@ -51,20 +57,6 @@ class _RedisPyPipeline:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def async_client_for(store: RedisStore) -> redis.asyncio.Redis:
-    """An asyncio client for the same server, database and credentials as the store's own (opened
-    with RedisStore.from_url, as open_store does). An asyncio command holds a connection for its
-    round trip, so a burst of calls needs many; past MAX_CONNECTIONS they queue for one instead of
-    failing."""
-    if not store.url:
-        raise ValueError("an async client needs a RedisStore opened with RedisStore.from_url")
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        store.url, max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_S, decode_responses=True,
-        retry=reconnect_retry(asyncio_client=True),
-    )
-    return redis.asyncio.Redis(connection_pool=pool)
 
 
 class AsyncRedisStore:
@@ -79,8 +71,7 @@ class AsyncRedisStore:
         if lean and supports_url(store.url):
             self._pipe = RespPool(store.url, MAX_CONNECTIONS, CONNECTION_WAIT_S)
         else:
-            self._pipe = _RedisPyPipeline(async_client_for(store))
-        self._seq_key = store.keys.key("seq")
+            self._pipe = _RedisPyPipeline(store.url)
 
     async def close(self) -> None:
         await self._pipe.aclose()
