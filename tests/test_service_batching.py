@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 
 import pytest
 
@@ -11,7 +13,7 @@ from coordinator.service.batching import MAX_TRIPS, HeartbeatGroups
 from coordinator.store.aio import ThreadedHotStore
 from coordinator.store.errors import NotFoundError, PermissionDeniedError
 from coordinator.store.sqlite_store import SqliteStore
-from coordinator.store.types import Role, UnitKind, WorkUnit
+from coordinator.store.types import Lease, Principal, Role, UnitKind, WorkUnit
 
 
 def _leased(store: SqliteStore, count: int):
@@ -83,3 +85,51 @@ def test_a_failed_trip_fails_every_caller_of_its_group(tmp_path):
     assert isinstance(result, ConnectionError)
     assert store.get_lease(lease.lease_id).progress_step == 0  # nothing written
     store.close()
+
+
+def test_a_trip_waiting_on_the_store_survives_garbage_collection():
+    """The event loop holds tasks only weakly, and a trip waiting on Redis is reachable only
+    through its own cycle (task -> reader -> waiter -> task: asyncio's stream protocol holds its
+    reader weakly). Collected mid-trip, its group's callers used to wait out their deadlines."""
+
+    class StoreThatWaits:
+        def __init__(self) -> None:
+            self.replies: list[weakref.ref[asyncio.Future[list[Lease]]]] = []  # held weakly, like a reader
+
+        async def extend_leases(self, extensions):
+            reply = asyncio.get_running_loop().create_future()
+            self.replies.append(weakref.ref(reply))
+            return await reply
+
+    store = StoreThatWaits()
+    groups = HeartbeatGroups(store, lambda: 500.0)  # type: ignore[arg-type]
+    caller = Principal("v1", Role.VOLUNTEER, "o1", "v", "hash")
+    lease = Lease("lease-1", "u1", "v1", "o1", issued_s=0.0, deadline_s=500.0)
+
+    async def main():
+        call = asyncio.ensure_future(groups.extend(caller, lease.lease_id, 1, 0.1, 1.0))
+        await asyncio.sleep(0.01)  # the trip is now waiting on its reply
+        gc.collect()
+        reply = store.replies[0]()
+        assert reply is not None, "the trip was garbage-collected while waiting on the store"
+        reply.set_result([lease])
+        return await asyncio.wait_for(call, 1.0)
+
+    assert asyncio.run(main()) == lease
+
+
+def test_a_slow_handler_is_logged_with_its_method(monkeypatch, caplog):
+    """The latency histogram says how many calls were slow; the log says which (how the lost
+    heartbeat trips above were found)."""
+    from coordinator.service import servicer
+
+    monkeypatch.setattr(servicer, "SLOW_CALL_S", 0.01)
+
+    async def main():
+        await servicer._answer(None, "ExtendLease", asyncio.sleep(0.05, result="late"))  # type: ignore[arg-type]
+        await servicer._answer(None, "LeaseWork", asyncio.sleep(0, result="prompt"))  # type: ignore[arg-type]
+
+    with caplog.at_level("WARNING", logger="autoswarm.coordinator.rpc"):
+        asyncio.run(main())
+    slow = [r.getMessage() for r in caplog.records if "slow call" in r.getMessage()]
+    assert len(slow) == 1 and slow[0].startswith("slow call: ExtendLease took ")

@@ -6,7 +6,9 @@ killed and restarted server, cancellation in the middle of a round trip, the poo
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 import redis.exceptions
@@ -134,6 +136,31 @@ def test_the_pool_bounds_connections_and_a_long_wait_fails_like_an_outage(redis_
     assert replies == [[None]] * 4
     assert took >= 0.38  # four 0.2 s waits over two connections: two rounds
     assert opened <= 2
+
+
+def test_a_round_trip_nobody_else_holds_survives_garbage_collection(redis_server):
+    """asyncio's stream protocol holds its reader weakly and the loop holds tasks weakly: a task
+    whose only work is a round trip must be kept alive by the pool, not by luck."""
+
+    async def main():
+        pool = RespPool(f"{redis_server}/0", max_connections=2, wait_s=5.0)
+        try:
+            task = asyncio.get_running_loop().create_task(pool.execute([("BLPOP", "resp-test:gc", 0.3)]))
+            watched = weakref.ref(task)
+            task.add_done_callback(lambda t: finished.append(t.result()))
+            del task
+            await asyncio.sleep(0.05)  # in the middle of BLPOP
+            gc.collect()
+            alive = watched() is not None
+            await asyncio.sleep(0.5)
+            return alive, finished
+        finally:
+            await pool.aclose()
+
+    finished: list[list[object]] = []
+    alive, finished = _run(main())
+    assert alive, "the round trip was garbage-collected in the middle of its call"
+    assert finished == [[None]]
 
 
 def test_slots_are_handed_to_waiters_in_arrival_order_and_never_lost():

@@ -41,6 +41,11 @@ class HeartbeatGroups:
         self._lease_duration_s = lease_duration_s
         self._queued: list[_Queued] = []
         self._trips = 0  # in flight
+        # The running trips. The event loop keeps only weak references to tasks, and a trip
+        # waiting on Redis is otherwise reachable only through its own reference cycle (task ->
+        # connection -> reader -> waiter -> task): the garbage collector would destroy it
+        # mid-trip and its group's callers would wait out their deadlines.
+        self._trip_tasks: set[asyncio.Task[None]] = set()
         self.groups = 0  # store trips made (for tests and metrics)
         self.largest_group = 0
 
@@ -50,7 +55,9 @@ class HeartbeatGroups:
         self._queued.append(_Queued(caller, lease_id, step, fraction, loss, future))
         if self._trips < MAX_TRIPS:
             self._trips += 1
-            loop.create_task(self._drain())  # runs after this tick: calls of the same tick join its group
+            trip = loop.create_task(self._drain())  # runs after this tick: calls of the same tick join its group
+            self._trip_tasks.add(trip)
+            trip.add_done_callback(self._trip_tasks.discard)
         return await future
 
     async def _drain(self) -> None:

@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
 LEASE_TOP_UP_WAIT_S = 5.0  # how long a lease on an empty queue waits for the decider's top-up
+SLOW_CALL_S = 1.0  # a handler that takes longer is logged (the latency histogram shows how many, not which)
 
 
 class Blocking:
@@ -71,7 +72,10 @@ async def _answer(context: grpc.aio.ServicerContext, method: str, pending: Await
         await context.abort(code, details)
         raise  # unreachable: abort raises
     finally:
-        _latency_of(method).observe(time.perf_counter() - started)
+        elapsed_s = time.perf_counter() - started
+        _latency_of(method).observe(elapsed_s)
+        if elapsed_s > SLOW_CALL_S:
+            log.warning("slow call: %s took %.2f s in its handler", method, elapsed_s)
 
 
 @functools.lru_cache(maxsize=64)

@@ -165,6 +165,10 @@ class RespPool:
         self._wait_s = wait_s
         self._slots = _Slots(max_connections)
         self._idle: list[_Connection] = []
+        # Connections in the middle of a round trip. asyncio's stream protocol holds its reader
+        # only weakly, so without this a waiting round trip (and the task awaiting it) is reachable
+        # only through its own reference cycle, and the garbage collector may destroy it mid-call.
+        self._busy: set[_Connection] = set()
         self._backoff = ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S, base=RECONNECT_BACKOFF_S)
 
     @property
@@ -196,6 +200,7 @@ class RespPool:
         connection: _Connection | None = None
         try:
             connection = self._idle.pop() if self._idle else await self._connect()
+            self._busy.add(connection)
             if self._read_timeout_s is None:
                 replies = await connection.round_trip(payload, count)
             else:
@@ -211,6 +216,8 @@ class RespPool:
             self._idle.append(connection)
             return replies
         finally:
+            if connection is not None:
+                self._busy.discard(connection)
             self._slots.release()
 
     async def _connect(self) -> _Connection:
