@@ -281,6 +281,7 @@ class SimVolunteer:
     manifest_id: str = ""
     budget_s: float = RUN_PERIOD_S
     heartbeats: int = 0
+    calling: str = ""  # the method of the call in flight (errors are counted per method)
 
 
 @dataclass
@@ -399,6 +400,7 @@ class LoadProcess:
     async def mix_call(self, v: SimVolunteer) -> str:
         """The volunteer's next step: lease when idle, heartbeat while running, report at the end."""
         if not v.lease_id:
+            v.calling = "LeaseWork"
             response = await v.stub.LeaseWork(
                 pb.LeaseWorkRequest(hardware_class=HARDWARE_CLASS), metadata=v.metadata, timeout=RPC_TIMEOUT_S
             )
@@ -411,6 +413,7 @@ class LoadProcess:
         try:
             if v.heartbeats < HEARTBEATS_PER_RUN:
                 v.heartbeats += 1
+                v.calling = "ExtendLease"
                 progress = pb.Progress(
                     step=v.heartbeats * 10, fraction_of_budget=v.heartbeats / (HEARTBEATS_PER_RUN + 1),
                     loss=4.0 - 0.3 * v.heartbeats,
@@ -427,6 +430,7 @@ class LoadProcess:
                 peak_memory_mb=1200.0, num_params_m=11.5,
             )
             lease_id, v.lease_id = v.lease_id, ""
+            v.calling = "ReportResult"
             await v.stub.ReportResult(
                 pb.ReportResultRequest(lease_id=lease_id, result=result), metadata=v.metadata, timeout=RPC_TIMEOUT_S
             )
@@ -458,7 +462,8 @@ class LoadProcess:
             except grpc.aio.AioRpcError as exc:
                 in_window = measure_from <= (scheduled if spec.mode == "rate" else loop.time()) < measure_to
                 if in_window:
-                    samples.errors[f"{exc.code().name}"] += 1
+                    method = volunteer.calling if volunteer is not None else "Check"
+                    samples.errors[f"{method}:{exc.code().name}"] += 1
 
         if spec.mode == "max":
 
@@ -912,7 +917,7 @@ def run_coordinator(args: argparse.Namespace, scratch: Path, store: str, baselin
         gen = LoadGenerator(coordinator.address, args.processes)
         setup["register_s"] = round(gen.register(args.volunteers), 1)
         setup["volunteers"] = args.volunteers
-        seeded = args.hypotheses or leases_needed(args, baseline_rps * 0.3)
+        seeded = args.hypotheses or leases_needed(args, baseline_rps * 0.5)
         setup.update(seed_queue(store_url, data_dir, seeded, redis_server.address if redis_server else ""))
         started = time.perf_counter()
         setup["primed_leases"] = gen.prime()
@@ -972,7 +977,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: time the core in process with this many open hypotheses")
     parser.add_argument("--profile-dir", type=Path, default=None, help="cProfile the coordinator (all threads) into DIR/<store>/")
     parser.add_argument("--profile-mode", choices=["sample", "cprofile"], default="sample")
-    parser.add_argument("--coordinator-args", nargs="*", default=[], help="extra `coordinator serve` arguments")
+    parser.add_argument("--coordinator-args", nargs="*", action="extend", default=[],
+                        help="extra `coordinator serve` arguments (repeat the option for several: --coordinator-args=--a=1 --coordinator-args=--b=2)")
     parser.add_argument("--serve-noop", choices=["aio", "sync"], help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--noop-workers", type=int, default=16, help=argparse.SUPPRESS)

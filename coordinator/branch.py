@@ -410,6 +410,8 @@ class GlobalBranch:
         self.branch = branch
         self.ref = f"refs/heads/{branch}"
         self._lock = threading.RLock()
+        self._ref_path = str(self.repo_dir / self.ref)
+        self._ref_seen: tuple[tuple[int, int, int], str] | None = None  # (inode, mtime, size) -> sha
 
     # -- construction ------------------------------------------------------------------------
 
@@ -693,11 +695,22 @@ class GlobalBranch:
         # The loose ref file is what update-ref writes (atomically, by rename): reading it costs a
         # file read instead of a git process on every head() (hot: every lease and report asks).
         # Packed or symbolic refs fall back to git.
+        # update-ref replaces the file by rename, so a new sha always comes with a new inode:
+        # while the file's identity is unchanged, the sha read last time still stands (one stat
+        # instead of an open and a read on every call).
         try:
-            text = (self.repo_dir / self.ref).read_text().strip()
+            stat = os.stat(self._ref_path)
+            identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            seen = self._ref_seen
+            if seen is not None and seen[0] == identity:
+                return seen[1]
+            with open(self._ref_path, "rb") as ref_file:
+                text = ref_file.read().decode("ascii", "replace").strip()
         except OSError:
-            text = ""
+            identity, text = None, ""
         if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
+            if identity is not None:
+                self._ref_seen = (identity, text)
             return text
         proc = self._git(["rev-parse", "--verify", "--quiet", f"{self.ref}^{{commit}}"])
         return proc.stdout.decode().strip() if proc.returncode == 0 else None

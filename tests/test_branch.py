@@ -150,6 +150,26 @@ def test_open_creates_the_branch_and_reopens_it(tmp_path: Path):
     assert git("rev-parse", "--is-bare-repository", git_dir=repo_dir) == "true"
 
 
+def test_head_follows_every_move_of_the_ref_and_packed_refs(repo: GlobalBranch):
+    """head() keeps the sha it read while the ref file is unchanged; a move by anyone (here plain
+    git, as an operator would) replaces the file and is seen at once, and so is packing."""
+    first = repo.head()
+    assert repo.head() == first  # from the remembered read
+    tree = git("rev-parse", f"{first}^{{tree}}", git_dir=repo.repo_dir)
+    moved = []
+    for index in range(3):  # quick successive moves: each is a new file, seen immediately
+        commit = git("commit-tree", tree, "-p", moved[-1] if moved else first, "-m", f"operator {index}",
+                     git_dir=repo.repo_dir)
+        git("update-ref", repo.ref, commit, git_dir=repo.repo_dir)
+        moved.append(commit)
+        assert repo.head() == commit
+    git("pack-refs", "--all", git_dir=repo.repo_dir)  # no loose file any more: git answers
+    assert not (repo.repo_dir / repo.ref).exists()
+    assert repo.head() == moved[-1]
+    git("update-ref", repo.ref, first, git_dir=repo.repo_dir)
+    assert repo.head() == first
+
+
 def test_open_refuses_what_it_cannot_own(tmp_path: Path):
     junk = tmp_path / "junk"
     junk.mkdir()

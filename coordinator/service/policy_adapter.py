@@ -70,8 +70,14 @@ class StoreView:
             self._snapshot.polled = outer
 
     def _read_pending(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
-        units = self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.QUEUED)
-        units += self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class, state=UnitState.LEASED)
+        if hypothesis_id:  # one hypothesis has a handful of units: one read, filtered here
+            units = [
+                u for u in self.store.list_units(hypothesis_id=hypothesis_id, hardware_class=hardware_class)
+                if u.state in (UnitState.QUEUED, UnitState.LEASED)
+            ]
+        else:
+            units = self.store.list_units(hardware_class=hardware_class, state=UnitState.QUEUED)
+            units += self.store.list_units(hardware_class=hardware_class, state=UnitState.LEASED)
         return sorted(units, key=lambda u: (u.created_s, u.unit_id))
 
     def forget_results(self) -> None:
