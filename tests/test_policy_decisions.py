@@ -431,15 +431,56 @@ def test_plan_applies_in_order(view):
     assert [r.hypothesis_id for r in p.candidate_requests] == [h.hypothesis_id]
 
 
-def test_to_rejudge_after_a_baseline(view):
+def ids(hypotheses) -> list[str]:
+    return [h.hypothesis_id for h in hypotheses]
+
+
+def test_to_rejudge_a_run_is_its_own_hypothesis_and_a_later_baseline_run_nobody(view):
     h = view.add_hypothesis({"MATRIX_LR": "0.05"})
     other = view.add_hypothesis({"MATRIX_LR": "0.03"})
-    run(view, "a1", 0.99, h.hypothesis_id)
+    mine = run(view, "a1", 0.99, h.hypothesis_id)
+    assert ids(decisions.to_rejudge(view, mine, SETTINGS)) == [h.hypothesis_id]
+    # c0's baseline and gpu-a's noise were complete before this run: nothing was waiting for it
+    # (h is judged again when its own next run reports).
     base = run(view, "a3", 1.0)
-    assert [x.hypothesis_id for x in decisions.to_rejudge(view, base)] == [h.hypothesis_id]
-    mine = view.counting_results(hypothesis_id=h.hypothesis_id)[0]
-    assert [x.hypothesis_id for x in decisions.to_rejudge(view, mine)] == [h.hypothesis_id]
+    assert decisions.to_rejudge(view, base, SETTINGS) == []
     assert other.state == HypothesisState.QUEUED
+
+
+def test_to_rejudge_the_run_that_completes_a_commits_baseline(view):
+    view.add_commit("c1", {"DEPTH": "8", "MATRIX_LR": "0.045", "WINDOW_PATTERN": '"SSSL"'})
+    view.set_head("c1")
+    on_c1 = view.add_hypothesis({"MATRIX_LR": "0.05"}, base_commit="c1")
+    on_c0 = view.add_hypothesis({"MATRIX_LR": "0.03"})
+    other_class = view.add_hypothesis({"WINDOW_PATTERN": '"SL"'}, base_commit="c1")
+    run(view, "a1", 0.99, on_c1.hypothesis_id, commit="c1")
+    run(view, "a2", 0.99, on_c0.hypothesis_id, commit="c0")
+    run(view, "b1", 1.29, other_class.hypothesis_id, commit="c1")
+    first = run(view, "a3", 1.0, commit="c1")
+    second = run(view, "a4", 1.0, commit="c1")
+    third = run(view, "a3", 1.001, commit="c1")  # already in the view when the first two are judged
+    assert decisions.to_rejudge(view, first, SETTINGS) == []  # one run: c1 still waits
+    assert ids(decisions.to_rejudge(view, second, SETTINGS)) == [on_c1.hypothesis_id]
+    assert decisions.to_rejudge(view, third, SETTINGS) == []
+    failed = run(view, "a4", 0.0, commit="c1", status=RunStatus.CRASH)
+    assert decisions.to_rejudge(view, failed, SETTINGS) == []
+
+
+def test_to_rejudge_the_run_that_completes_a_classs_noise_estimate():
+    fresh = InMemoryView("c0", {"DEPTH": "8", "MATRIX_LR": "0.04", "WINDOW_PATTERN": '"SSSL"'})
+    for vid, (owner, cls) in VOLUNTEERS.items():
+        fresh.add_volunteer(vid, owner, cls)
+    fresh.add_commit("c1", {"DEPTH": "8", "MATRIX_LR": "0.045", "WINDOW_PATTERN": '"SSSL"'})
+    early = fresh.add_hypothesis({"MATRIX_LR": "0.05"})
+    later = fresh.add_hypothesis({"MATRIX_LR": "0.03"}, base_commit="c1")
+    run(fresh, "a1", 0.99, early.hypothesis_id, commit="c0")
+    run(fresh, "a2", 0.98, later.hypothesis_id, commit="c1")
+    values = [1.0, 1.002, 0.998, 1.0, 1.001, 0.999, 1.0]  # 7 runs on c0: 6 dof, min_sigma_dof
+    scopes = [decisions.to_rejudge(fresh, run(fresh, ["a3", "a4"][i % 2], v, commit="c0"), SETTINGS)
+              for i, v in enumerate(values)]
+    assert scopes[:-1] == [[]] * 6  # the class's noise is unmeasured: nothing is judgeable yet
+    # The seventh measures it: every open hypothesis with runs on the class, whatever its commit.
+    assert sorted(ids(scopes[-1])) == sorted([early.hypothesis_id, later.hypothesis_id])
 
 
 def test_revoked_results_stop_counting(view):

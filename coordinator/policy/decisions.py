@@ -282,15 +282,31 @@ def stale_units(view: PolicyView, settings: AcceptanceSettings = DEFAULT_SETTING
     return [u for u in view.pending_units() if u.state == UnitState.QUEUED and u.base_commit not in recent]
 
 
-def to_rejudge(view: PolicyView, result: ResultRecord) -> list[Hypothesis]:
-    """Open hypotheses whose judgement a new result can change: its own hypothesis, and after a
-    baseline run every open hypothesis with runs on that class (its baseline and sigma moved)."""
-    open_hypotheses = view.hypotheses(OPEN_STATES)
+def to_rejudge(
+    view: PolicyView, result: ResultRecord, settings: AcceptanceSettings = DEFAULT_SETTINGS
+) -> list[Hypothesis]:
+    """Open hypotheses to judge now because of a new result: its own hypothesis; after a baseline
+    run, those whose runs it made judgeable. That is every hypothesis measured on its class when
+    it completes the class's noise estimate, and every one measured on its (class, commit) when it
+    completes that baseline; otherwise none. A later baseline run moves the evidence of judgeable
+    hypotheses a little, but each of them has a run pending (an open hypothesis that is not
+    waiting for a baseline always has) and is judged again when that run reports: re-judging
+    them all after every baseline run cost a whole pass over the open hypotheses per run."""
     if result.kind != UnitKind.BASELINE:
-        return [h for h in open_hypotheses if h.hypothesis_id == result.hypothesis_id]
-    # One read of the class's results, not one per open hypothesis.
-    measured = {r.hypothesis_id for r in view.counting_results(hardware_class=result.hardware_class)}
-    return [h for h in open_hypotheses if h.hypothesis_id in measured]
+        return [h for h in view.hypotheses(OPEN_STATES) if h.hypothesis_id == result.hypothesis_id]
+    scope = _Context(view, settings).unblocked_by(result)
+    if not scope:
+        return []
+    base_commit = result.base_commit if scope == "commit" else ""
+    # One read of the results in scope, not one per open hypothesis.
+    measured = {
+        r.hypothesis_id
+        for r in view.counting_results(hardware_class=result.hardware_class, base_commit=base_commit)
+        if r.hypothesis_id
+    }
+    if not measured:
+        return []
+    return [h for h in view.hypotheses(OPEN_STATES) if h.hypothesis_id in measured]
 
 
 def after_merge(
@@ -347,18 +363,49 @@ class _Context:
         Only baseline runs: replicates of a hypothesis would add dof, but its first run was
         selected for looking good, which inflates their spread (about +13% in the simulator)."""
         if hardware_class not in self._sigma:
-            by_commit: dict[str, list[float]] = {}
-            for r in self.view.counting_results(hardware_class=hardware_class, kind=UnitKind.BASELINE):
-                if r.metrics.status == RunStatus.OK:
-                    by_commit.setdefault(r.base_commit, []).append(r.metrics.val_bpb)
-            groups = [g for g in by_commit.values() if len(g) > 1][-self.s.sigma_window_groups :]
-            self._sigma[hardware_class] = estimate_sigma(
-                groups,
-                self.s.prior_sigma_for(hardware_class),
-                min_dof=self.s.min_sigma_dof,
-                floor=self.s.sigma_floor,
-            )
+            self._sigma[hardware_class] = self._sigma_of(hardware_class, self._ok_baseline_runs(hardware_class))
         return self._sigma[hardware_class]
+
+    def _ok_baseline_runs(self, hardware_class: str) -> list[ResultRecord]:
+        return [
+            r
+            for r in self.view.counting_results(hardware_class=hardware_class, kind=UnitKind.BASELINE)
+            if r.metrics.status == RunStatus.OK
+        ]
+
+    def _sigma_of(self, hardware_class: str, runs: Sequence[ResultRecord]) -> SigmaEstimate:
+        by_commit: dict[str, list[float]] = {}
+        for r in runs:
+            by_commit.setdefault(r.base_commit, []).append(r.metrics.val_bpb)
+        groups = [g for g in by_commit.values() if len(g) > 1][-self.s.sigma_window_groups :]
+        return estimate_sigma(
+            groups,
+            self.s.prior_sigma_for(hardware_class),
+            min_dof=self.s.min_sigma_dof,
+            floor=self.s.sigma_floor,
+        )
+
+    def unblocked_by(self, result: ResultRecord) -> str:
+        """What a baseline run made judgeable, counting the runs reported up to it (later ones
+        may be in the view already): "class" when it completed the class's noise estimate,
+        "commit" when it completed the baseline of its (class, commit), "" when neither."""
+        if result.kind != UnitKind.BASELINE or result.metrics.status != RunStatus.OK:
+            return ""
+        c, commit = result.hardware_class, result.base_commit
+        runs = self._ok_baseline_runs(c)
+        position = next((i for i, r in enumerate(runs) if r.result_id == result.result_id), None)
+        if position is None:  # it does not count (a revoked volunteer)
+            return ""
+        before, through = runs[:position], runs[: position + 1]
+        if self._sigma_of(c, through).from_prior:
+            return ""  # nothing on this class is judgeable yet
+        if self._sigma_of(c, before).from_prior:
+            return "class"
+        reused = len(self.baseline(c, commit)) - sum(1 for r in runs if r.base_commit == commit)
+        count_before = reused + sum(1 for r in before if r.base_commit == commit)
+        if count_before < self.s.min_baseline_samples <= count_before + 1:
+            return "commit"
+        return ""
 
     def baseline(self, hardware_class: str, commit: str, fresh_only: bool = False) -> list[Sample]:
         key = (hardware_class, commit, fresh_only)

@@ -351,7 +351,7 @@ class _Swarm:
                 if verdict.revert:
                     self.revert(merge, verdict.reason)
                     return
-        for h in decisions.to_rejudge(self.view, record):
+        for h in decisions.to_rejudge(self.view, record, self.settings):
             if self.view.hypothesis(h.hypothesis_id).state not in TERMINAL_HYPOTHESIS_STATES:
                 self.apply(decisions.judge(self.view, self.view.hypothesis(h.hypothesis_id), self.settings))
 

@@ -319,7 +319,7 @@ class CoordinatorCore:
                     self.judge(record.hypothesis_id)
                 return
             # After a baseline, every open hypothesis measured on that class (its baseline moved).
-            for hypothesis in decisions.to_rejudge(self.view, record):
+            for hypothesis in decisions.to_rejudge(self.view, record, self.settings):
                 self.judge(hypothesis.hypothesis_id)
 
     def _set_state(self, hypothesis_id: str, state: HypothesisState, reason: str) -> Hypothesis:
