@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 
 import pytest
 from coordinator_proc import ScriptedVolunteer, coordinator_process
@@ -79,6 +80,9 @@ def test_two_serving_processes_serve_the_volunteer_loop_on_either_loop(tmp_path,
                     assert client.heartbeat(unit.lease_id, step=10, fraction=0.5).lease_deadline_unix_s > 0
                 assert volunteer.report(unit, 1.0).result_id
         assert proc.log().count(f"event loop: {loop_name}") == 2  # the primary and the secondary
+        # Each froze its startup objects out of the collector's scans (its pauses; server.py).
+        frozen = [int(n) for n in re.findall(r"froze (\d+) startup objects", proc.log())]
+        assert len(frozen) == 2 and min(frozen) > 10_000
     finally:
         proc.stop()
 
