@@ -79,7 +79,7 @@ class ServerOptions:
     serving_processes: int = 1
     secondary: bool = False  # set on the processes the primary starts
     event_loop: str = "auto"  # auto | uvloop | asyncio (service/event_loop.py)
-    grpc_servers: int = 2  # gRPC servers per serving process on the same port (accept queues; see start)
+    grpc_servers: int = 8  # gRPC servers per serving process on the same port (accept queues; see start)
 
 
 def _refuse_a_taken_port(listen: str) -> None:
@@ -224,7 +224,8 @@ class CoordinatorServer:
         # grpc.aio accepts one call of each method at a time per server, and each accept takes
         # a few turns of the event loop: the method with most of the calls (heartbeats) queues
         # in gRPC when the loop is busy. Several servers on the same port (SO_REUSEPORT spreads
-        # connections over them) accept in parallel, sharing everything else.
+        # connections over them) accept in parallel, sharing everything else. Measured on 2 cores
+        # at 1,167 RPC/s: one process with 8 servers p99 35-60 ms, with 2 servers 176 ms.
         servers = self.options.grpc_servers
         reuse_port = self.options.serving_processes > 1 or servers > 1
         if reuse_port and not self.options.secondary:

@@ -50,10 +50,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--serving-processes", type=int, default=int(env("AUTOSWARM_SERVING_PROCESSES", "1")),
-        help="processes answering RPCs on the same port (SO_REUSEPORT; one per core is a good start)",
+        help="processes answering RPCs on the same port (SO_REUSEPORT): one on a 2-core machine "
+        "that also runs Redis; more on larger ones (benchmarks/README.md, load section)",
     )
     p.add_argument(
-        "--grpc-servers", type=int, default=int(env("AUTOSWARM_GRPC_SERVERS", "2")),
+        "--grpc-servers", type=int, default=int(env("AUTOSWARM_GRPC_SERVERS", "8")),
         help="gRPC servers per serving process on the same port: each accepts calls of a method "
         "in parallel with the others (heartbeats are most calls)",
     )
