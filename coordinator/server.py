@@ -225,7 +225,8 @@ class CoordinatorServer:
         # a few turns of the event loop: the method with most of the calls (heartbeats) queues
         # in gRPC when the loop is busy. Several servers on the same port (SO_REUSEPORT spreads
         # connections over them) accept in parallel, sharing everything else. Measured on 2 cores
-        # at 1,167 RPC/s: one process with 8 servers p99 35-60 ms, with 2 servers 176 ms.
+        # at 1,167 RPC/s: one process with 8 servers p99 35-60 ms; with 2, heartbeats alone had
+        # p99 176 ms (benchmarks/README.md).
         servers = self.options.grpc_servers
         reuse_port = self.options.serving_processes > 1 or servers > 1
         if reuse_port and not self.options.secondary:
@@ -444,7 +445,7 @@ def _freeze_startup_objects() -> None:
     """Move everything made while starting (modules, protobuf descriptors, gRPC, the core) out of
     the cyclic collector's reach: it lives as long as the process, and every full collection
     would scan it again. Measured in a serving process under load: full collections of ~100,000
-    objects paused the event loop 50-110 ms every 5-10 s, half of them startup objects."""
+    objects paused the event loop 50-110 ms every 5-10 s; ~94,000 of them were startup objects."""
     gc.collect()
     gc.freeze()
     log.info("froze %d startup objects out of the garbage collector's scans", gc.get_freeze_count())
