@@ -1105,6 +1105,26 @@ class StoreContract(SnapshotContract):
         with pytest.raises(NotFoundError):
             store.report_context("no-such-lease")
 
+    @requires("units", "leases", "stats")
+    @pytest.mark.parametrize("hardware_class", ["rtx-4090", "gpu/Ärger \"x\""])
+    def test_report_context_carries_the_class_stats_of_the_units_commit(
+        self, store: Store, hardware_class: str
+    ) -> None:
+        """A report is scored against the statistics last put for its unit's (class, base
+        commit): none before they are put, the newest after, never another commit's or class's.
+        Names with quotes, slashes and non-ASCII letters find theirs too."""
+        store.enqueue_unit(make_unit(hardware_class=hardware_class, base_commit="c1"))
+        store.put_class_stats(ClassStats(hardware_class, "c0", 3, 1.1, 0.004))  # another commit
+        store.put_class_stats(ClassStats("cpu", "c1", 3, 1.2, 0.004))  # another class
+        volunteer = add_volunteer(store, hardware_class=hardware_class)
+        _, lease = self.lease(store, volunteer)
+        assert store.report_context(lease.lease_id).class_stats is None
+        store.put_class_stats(ClassStats(hardware_class, "c1", 2, 1.3, 0.005))
+        store.put_class_stats(ClassStats(hardware_class, "c1", 3, 1.25, 0.006))
+        stats = store.report_context(lease.lease_id).class_stats
+        assert stats == store.get_class_stats(hardware_class, "c1")
+        assert stats is not None and (stats.samples, stats.mean_val_bpb, stats.sigma) == (3, 1.25, 0.006)
+
     @requires("units", "leases", "results")
     def test_report_refusals_change_nothing(self, store: Store) -> None:
         """5, 7 and 2: typed errors, and the lease stays reportable."""

@@ -14,7 +14,7 @@ import time
 import uuid
 
 import pytest
-from coordinator_proc import CoordinatorProcess, ScriptedVolunteer, coordinator_process, run_swarm
+from coordinator_proc import CoordinatorProcess, ScriptedVolunteer, coordinator_process, merge_a_win, run_swarm
 
 from autoswarm.v1 import swarm_pb2 as pb
 from coordinator.client import CoordinatorUnavailable
@@ -152,6 +152,31 @@ def test_real_improvement_is_replicated_by_another_owner_and_merged(coordinator)
     assert "Delta-Bpb-cpu:" in message
     assert "MATRIX_LR = 0.05" in _git(coordinator, "show", f"{commit}:train.py")
     assert _git(coordinator, "rev-parse", "global").strip() == commit
+
+
+def test_runs_on_a_new_head_are_scored_against_the_merged_wins_runs(coordinator):
+    """A report is scored against the class statistics whoever judges publishes: after a merge
+    they exist for the new head at once (the win's runs on its parent ran the new head's code),
+    so the first run on the new head already gets a normalized score."""
+    volunteers = _volunteers(coordinator, ["alice", "bob", "carol", "alice"])
+    land = landscape({"MATRIX_LR": 0.05})
+    hypothesis_id = merge_a_win(coordinator, volunteers, land)
+    with coordinator.admin() as admin:
+        detail = admin.hypothesis(hypothesis_id)
+    head = detail.hypothesis.merged_commit
+    win_runs = [
+        r for r in detail.results
+        if r.result.status == pb.RUN_STATUS_OK and r.base_commit == detail.hypothesis.base_commit
+    ]
+    run_swarm(volunteers, land, max_rounds=2)  # the new head's first runs
+    with coordinator.admin() as admin:
+        on_head = [r for r in admin.results() if r.base_commit == head and r.result.status == pb.RUN_STATUS_OK]
+    assert on_head, "no run on the new head"
+    first = min(on_head, key=lambda r: r.reported_unix_s)
+    score = first.score
+    assert score.has_baseline and score.baseline_samples >= len(win_runs) >= 2
+    assert score.delta_bpb == pytest.approx(score.baseline_val_bpb - first.result.val_bpb, abs=1e-9)
+    assert abs(score.baseline_val_bpb - (1.0 - GAIN)) < 10 * NOISE  # the win's level, not the old head's
 
 
 @pytest.mark.parametrize("owners", [["solo"], ["same", "same"]], ids=["one-volunteer", "one-owner"])

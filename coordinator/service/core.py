@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from coordinator import branch as branch_mod
-from coordinator.policy import decisions
+from coordinator.policy import decisions, statistics
 from coordinator.policy.decisions import Judgement, UnitRequest
 from coordinator.policy.proposer import Proposer, proposals_for
 from coordinator.policy.settings import AcceptanceSettings
@@ -35,6 +35,7 @@ from coordinator.store.types import (
     MAX_SHORT_TEXT_BYTES,
     MAX_TITLE_BYTES,
     TERMINAL_HYPOTHESIS_STATES,
+    ClassStats,
     Hypothesis,
     HypothesisSource,
     HypothesisState,
@@ -277,11 +278,11 @@ class CoordinatorCore:
                 f"result was measured with tokenizer {metrics.tokenizer_hash!r}; this swarm pins {pinned_tokenizer!r}"
             )
 
-    def score_from_memory(self, unit: WorkUnit, val_bpb: float) -> NormalizedScore:
-        """A run's normalized score from the class results already in the view (refreshed by the
-        caller with `view.refresh_results`): no store read for results."""
-        with self.view.one_read_of_results(already_read=True):
-            return decisions.score_result(self.view, unit.hardware_class, unit.base_commit, val_bpb, self.settings)
+    def score(self, val_bpb: float, stats: ClassStats | None) -> NormalizedScore:
+        """A run's normalized score against the statistics last published for its (class, base
+        commit): whoever judges puts them after every baseline run and merge, so scoring reads
+        one stored record instead of every result."""
+        return statistics.normalize(val_bpb, stats, self.settings.min_baseline_samples)
 
     def state_of(self, hypothesis_id: str) -> HypothesisState | None:
         if not hypothesis_id:
@@ -421,6 +422,12 @@ class CoordinatorCore:
             state_reason=f"merged as {commit[:10]}",
         )
         self.store.set_meta(META_HEAD, commit)
+        # The win's runs on the parent count as the new head's baseline (reuse_merged_samples):
+        # published now, runs on the new head are scored before its first baseline run reports.
+        for hardware_class in sorted(deltas):
+            self.store.put_class_stats(
+                decisions.class_stats(self.view, hardware_class, commit, self.settings, self.store.now())
+            )
         self._branch_moved(commit)
         from coordinator.service.metrics import METRICS
 

@@ -11,8 +11,7 @@ from functools import lru_cache
 
 from coordinator.branch import BranchError, GlobalBranch
 from coordinator.policy.view import VolunteerInfo
-from coordinator.store.aio import HotStore
-from coordinator.store.base import RESULT_PAGE_SIZE, Store, read_all_results
+from coordinator.store.base import Store, read_all_results
 from coordinator.store.types import (
     Hypothesis,
     HypothesisState,
@@ -58,12 +57,11 @@ class StoreView:
                 self._snapshot.pending = None
 
     @contextmanager
-    def one_read_of_results(self, already_read: bool = False) -> Iterator[None]:
+    def one_read_of_results(self) -> Iterator[None]:
         """Within this block (this thread) new results are read from the store at most once: one
-        decision sees one consistent set. With `already_read` (just done by `refresh_results`)
-        not at all."""
+        decision sees one consistent set."""
         outer = getattr(self._snapshot, "polled", None)
-        self._snapshot.polled = already_read or bool(outer)
+        self._snapshot.polled = bool(outer)
         try:
             yield
         finally:
@@ -98,19 +96,6 @@ class StoreView:
                 self._snapshot.polled = True
         with self._results_lock:
             return self._results.select(hardware_class, base_commit, kind, hypothesis_id)
-
-    async def refresh_results(self, hot: HotStore) -> None:
-        """Read new results through the async store (on the serving event loop); then
-        `one_read_of_results(already_read=True)` decides from memory."""
-        after = page_after = self._results.last_id
-        fresh: list[ResultRecord] = []
-        while True:
-            page = await hot.list_results(COUNTING, limit=RESULT_PAGE_SIZE, after=page_after)
-            fresh += page
-            if len(page) < RESULT_PAGE_SIZE:
-                break
-            page_after = page[-1].result_id
-        self._absorb(after, fresh)
 
     def _absorb(self, read_after: str, records: list[ResultRecord]) -> None:
         """Add results read after `read_after` (the store is read outside the lock, so another

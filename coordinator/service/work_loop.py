@@ -10,7 +10,6 @@ thread) judges it after the answer.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,14 +69,9 @@ class WorkLoop:
     async def report(self, principal: Principal, lease_id: str, metrics: RunMetrics) -> ReportOutcome:
         core = self.core
         ok = metrics.status == RunStatus.OK
-        # The lease and the class's new results in one wait: with appendfsync always, Redis answers
-        # nothing while it syncs its log, so every sequential trip costs one fsync's wait.
-        reads: list[Awaitable[Any]] = [self.hot.report_context(lease_id)]
-        if ok:
-            reads.append(core.view.refresh_results(self.hot))
-            if not core.view.merges_current():  # scoring reads them; every couple of seconds
-                reads.append(self._run(core.view.read_merges))
-        context, *_ = await asyncio.gather(*reads)
+        # One trip: the lease, its unit and the class statistics the run is scored against (the
+        # serving process reads no results; whoever judges publishes the statistics).
+        context = await self.hot.report_context(lease_id)
         if context.lease.volunteer_id != principal.principal_id:
             raise PermissionDeniedError("that lease belongs to another volunteer")
         if context.existing is not None:  # a repeated report: the first answer again, nothing re-checked
@@ -86,7 +80,7 @@ class WorkLoop:
         core.check_pins(metrics, pinned)
         score = NormalizedScore()
         if ok:
-            score = core.score_from_memory(context.unit, metrics.val_bpb)
+            score = core.score(metrics.val_bpb, context.class_stats)
         record, duplicate = await self.hot.record_result(
             lease_id, principal.principal_id, metrics, score, new_id("res")
         )

@@ -287,12 +287,14 @@ class Store(abc.ABC):
         the retry is ignored). A result_id already used by another lease raises DuplicateError."""
 
     def report_context(self, lease_id: str) -> ReportContext:
-        """The lease (NotFoundError if unknown), its unit without code, and the lease's stored
-        result when the lease is no longer active (a repeated report). Reads only; backends
-        override it to make one round trip."""
+        """The lease (NotFoundError if unknown), its unit without code, the lease's stored result
+        when the lease is no longer active (a repeated report), and the class statistics of the
+        unit's (class, base commit) as last put (None if none). Reads only; backends override it
+        to make one round trip."""
         lease = self.get_lease(lease_id)
         existing = self.result_for_lease(lease_id) if lease.state != LeaseState.ACTIVE else None
-        return ReportContext(lease, self.get_unit(lease.unit_id, with_code=False), existing)
+        unit = self.get_unit(lease.unit_id, with_code=False)
+        return ReportContext(lease, unit, existing, self.get_class_stats(unit.hardware_class, unit.base_commit))
 
     @abc.abstractmethod
     def get_result(self, result_id: str) -> ResultRecord: ...

@@ -503,8 +503,11 @@ end_lease(lease_id, 'reported', '', t)
 set_unit_state(lease.unit_id, unit, 'done')
 return {0, redis.call('HGETALL', key_result(rid))}
 """,
-    # ARGV: lease id. Returns {lease fields, unit fields, stored result fields or {}}: what a report
-    # reads before it is scored, in one trip (the result only once the lease is no longer active).
+    # ARGV: lease id. Returns {lease fields, unit fields, stored result fields or {}, class stats}:
+    # what a report reads before it is scored, in one trip (the result only once the lease is no
+    # longer active). The class stats of the unit's (class, base commit) are their JSON, '' when
+    # none are stored, or false when the names are not plain enough to spell the field as Python's
+    # json.dumps does (the caller then reads them itself).
     "report_context": r"""
 local lease_id = ARGV[2]
 local lease = record(key_lease(lease_id))
@@ -514,7 +517,17 @@ if lease.state ~= 'active' then
   local stored = redis.call('HGET', KEY_RESULT_BY_LEASE, lease_id)
   if stored then existing = redis.call('HGETALL', key_result(stored)) end
 end
-return {redis.call('HGETALL', key_lease(lease_id)), redis.call('HGETALL', key_unit(lease.unit_id)), existing}
+local unit = redis.call('HGETALL', key_unit(lease.unit_id))
+local unit_class, unit_commit = '', ''
+for i = 1, #unit, 2 do
+  if unit[i] == 'hardware_class' then unit_class = unit[i + 1] elseif unit[i] == 'base_commit' then unit_commit = unit[i + 1] end
+end
+local stats = false
+local plain = '^[%w%.%-_:@+]*$'
+if string.find(unit_class, plain) and string.find(unit_commit, plain) then
+  stats = redis.call('HGET', KEY_CLASS_STATS, '["' .. unit_class .. '", "' .. unit_commit .. '"]') or ''
+end
+return {redis.call('HGETALL', key_lease(lease_id)), unit, existing, stats}
 """,
     # ARGV: the merge's fields as name/value pairs
     "add_merge": r"""
@@ -1176,12 +1189,14 @@ class RedisStore(Store):
         return self._drive(self.report_context_steps(lease_id))  # type: ignore[no-any-return]
 
     def report_context_steps(self, lease_id: str) -> Steps:
-        lease_flat, unit_flat, existing_flat = yield ("script", "report_context", (lease_id,))
+        lease_flat, unit_flat, existing_flat, stats_json = yield ("script", "report_context", (lease_id,))
         existing = record_from_row(ResultRecord, _as_dict(existing_flat)) if existing_flat else None
-        return ReportContext(
-            record_from_row(Lease, _as_dict(lease_flat)), unit_from_row(_as_dict(unit_flat), {}, with_code=False),
-            existing,
-        )
+        unit = unit_from_row(_as_dict(unit_flat), {}, with_code=False)
+        if stats_json is None:  # Lua's false: names the script could not spell as a field
+            field = self._stats_field(unit.hardware_class, unit.base_commit)
+            stats_json = yield ("hget", self.keys.key(keys.CLASS_STATS), field)
+        stats = record_from_row(ClassStats, json.loads(stats_json)) if stats_json else None
+        return ReportContext(record_from_row(Lease, _as_dict(lease_flat)), unit, existing, stats)
 
     def get_result(self, result_id: str) -> ResultRecord:
         return self._record(keys.RESULT, result_id, ResultRecord, "result")

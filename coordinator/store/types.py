@@ -114,11 +114,13 @@ class LeaseExtension:
 @dataclass(frozen=True)
 class ReportContext:
     """What a report needs to know before it is scored (Store.report_context): the lease, its
-    unit (without code), and the result already stored for the lease, if it is no longer active."""
+    unit (without code), the result already stored for the lease, if it is no longer active, and
+    the class statistics last published for the unit's (class, base commit), if any."""
 
     lease: Lease
     unit: WorkUnit
     existing: ResultRecord | None
+    class_stats: ClassStats | None = None
 
 
 @dataclass(frozen=True)
