@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -111,5 +112,42 @@ def test_revoked_owner_is_refused_and_its_evidence_no_longer_counts(tmp_path):
         assert {r.owner for r in honest} == {"alice", "bob"}
         for record in honest:
             assert f"Result-Id: {record.result_id}" in message
+    finally:
+        proc.stop()
+
+
+def test_revocation_republishes_the_heads_class_statistics(tmp_path):
+    """Runs are scored against the class statistics published for the head (and the leaderboard
+    shows them): a revoked owner's baseline runs leave them at once, not at the next baseline."""
+    proc = coordinator_process(tmp_path / "c", policy=POLICY).start()
+    try:
+        alice, mallory = (ScriptedVolunteer(proc, owner=o).register() for o in ("alice", "mallory"))
+        baselines: dict[str, list[float]] = {"alice": [], "mallory": []}
+        for volunteer, value in [(alice, 1.0), (mallory, 0.95), (alice, 1.002), (mallory, 0.951)]:
+            unit = volunteer.lease()
+            assert unit is not None and unit.kind == pb.UNIT_KIND_BASELINE
+            volunteer.report(unit, value)
+            baselines[volunteer.owner].append(value)
+        proc.settle()
+
+        def head_baseline() -> float:
+            with proc.admin() as admin:
+                (row,) = [r for r in admin.leaderboard().rows if r.hardware_class == "cpu"]
+            return row.baseline_val_bpb
+
+        everyone = baselines["alice"] + baselines["mallory"]
+        assert head_baseline() == pytest.approx(sum(everyone) / len(everyone))
+        revoked = subprocess.run(
+            [sys.executable, "-m", "coordinator.cli.coordinator_cmd", "revoke-owner", "mallory",
+             "--reason", "numbers too good", "--coordinator", proc.address,
+             "--admin-token-file", str(proc.data_dir / "admin.token")],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        honest = sum(baselines["alice"]) / len(baselines["alice"])
+        deadline = time.monotonic() + 20
+        while head_baseline() != pytest.approx(honest) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert head_baseline() == pytest.approx(honest)
     finally:
         proc.stop()

@@ -711,8 +711,19 @@ class CoordinatorCore:
             self.delegate.wake("rejudge")
             return
         with self._lock:
+            self._republish_head_stats()
             for judgement in decisions.sweep(self.view, self.settings):
                 self._apply(judgement)
+
+    def _republish_head_stats(self) -> None:
+        """Results stopped counting: the statistics published for the head (what runs are scored
+        against, and the leaderboard's baselines) are computed again without them."""
+        head = self.branch.head()
+        with self.view.one_read_of_results():
+            for stats in self.store.list_class_stats(head):
+                self.store.put_class_stats(
+                    decisions.class_stats(self.view, stats.hardware_class, head, self.settings, self.store.now())
+                )
 
     def undecided_results(self, limit: int = 10_000) -> int:
         """Results reported but not judged yet (always 0 when decisions run inline)."""
