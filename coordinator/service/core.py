@@ -323,8 +323,13 @@ class CoordinatorCore:
             for hypothesis in decisions.to_rejudge(self.view, record, self.settings):
                 self.judge(hypothesis.hypothesis_id)
 
-    def _set_state(self, hypothesis_id: str, state: HypothesisState, reason: str) -> Hypothesis:
-        hypothesis = self.store.get_hypothesis(hypothesis_id)
+    def _set_state(
+        self, hypothesis_id: str, state: HypothesisState, reason: str, read: Hypothesis | None = None
+    ) -> Hypothesis:
+        """`read`: the hypothesis as the caller just read it (one store trip fewer per judgement)."""
+        hypothesis = read
+        if hypothesis is None or hypothesis.hypothesis_id != hypothesis_id:
+            hypothesis = self.store.get_hypothesis(hypothesis_id)
         if hypothesis.state == state or hypothesis.state in TERMINAL_HYPOTHESIS_STATES:
             return hypothesis
         hypothesis = self.store.update_hypothesis(hypothesis_id, state=state, state_reason=reason[:200])
@@ -336,12 +341,12 @@ class CoordinatorCore:
         hypothesis = self.store.get_hypothesis(hypothesis_id)
         if hypothesis.state in TERMINAL_HYPOTHESIS_STATES:
             return
-        self._apply(decisions.judge(self.view, hypothesis, self.settings))
+        self._apply(decisions.judge(self.view, hypothesis, self.settings), hypothesis)
 
-    def _apply(self, judgement: Judgement) -> None:
+    def _apply(self, judgement: Judgement, read: Hypothesis | None = None) -> None:
         for unit_id in judgement.cancel_unit_ids:
             self._cancel_unit(unit_id)
-        hypothesis = self._set_state(judgement.hypothesis_id, judgement.state, judgement.reason)
+        hypothesis = self._set_state(judgement.hypothesis_id, judgement.state, judgement.reason, read)
         if hypothesis.state in TERMINAL_HYPOTHESIS_STATES:
             return
         if judgement.confirmed:
@@ -362,7 +367,7 @@ class CoordinatorCore:
             log.debug("skipping a unit of %s on the old head %s", hypothesis.hypothesis_id, request.base_commit[:10])
             return
         try:
-            self._enqueue(request)
+            self._enqueue(request, hypothesis)
         except branch_mod.MergeConflictError as exc:
             self._set_state(
                 hypothesis.hypothesis_id, HypothesisState.CONFLICTED,
@@ -538,8 +543,8 @@ class CoordinatorCore:
             except Exception as exc:  # a bad proposal is skipped, never fatal
                 log.info("built-in proposal %r skipped: %s", proposal.title, exc)
 
-    def _enqueue(self, request: UnitRequest) -> WorkUnit:
-        files = self._files_for(request.base_commit, request.hypothesis_id)
+    def _enqueue(self, request: UnitRequest, hypothesis: Hypothesis | None = None) -> WorkUnit:
+        files = self._files_for(request.base_commit, request.hypothesis_id, hypothesis)
         unit = WorkUnit(
             unit_id=new_id("unit"),
             kind=request.kind,
@@ -554,11 +559,13 @@ class CoordinatorCore:
         )
         return self.store.enqueue_unit(unit)
 
-    def _files_for(self, base_commit: str, hypothesis_id: str) -> dict[str, str]:
-        """The code a unit runs: the commit itself, or the hypothesis's change on that commit."""
+    def _files_for(self, base_commit: str, hypothesis_id: str, hypothesis: Hypothesis | None = None) -> dict[str, str]:
+        """The code a unit runs: the commit itself, or the hypothesis's change on that commit
+        (`hypothesis` if the caller has it: its base and patch never change)."""
         if not hypothesis_id:
             return self.branch.files_at(base_commit)
-        hypothesis = self.store.get_hypothesis(hypothesis_id)
+        if hypothesis is None or hypothesis.hypothesis_id != hypothesis_id:
+            hypothesis = self.store.get_hypothesis(hypothesis_id)
         for unit in self.store.list_units(hypothesis_id=hypothesis_id):
             if unit.base_commit == base_commit:  # the same change on the same commit: the same code
                 return {"train.py": unit.train_py, "profiles.json": unit.profiles_json}
