@@ -121,9 +121,10 @@ def test_several_grpc_servers_share_a_serving_process_port(tmp_path):
 def test_grpc_servers_out_of_range_are_refused(tmp_path, capsys):
     from coordinator.cli import coordinator_cmd
 
-    code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), "--grpc-servers", "0"])
-    assert code == 2 and "--grpc-servers" in capsys.readouterr().err
-    assert not (tmp_path / "c").exists()
+    for count in ("0", "65"):
+        code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), "--grpc-servers", count])
+        assert code == 2 and "between 1 and 64" in capsys.readouterr().err
+        assert not (tmp_path / "c").exists()
 
 
 def test_a_second_coordinator_on_a_taken_port_is_refused(tmp_path):

@@ -202,8 +202,8 @@ def main(argv: list[str]) -> int:
         except EventLoopError as exc:
             print(f"autoswarm coordinator serve: {exc}", file=sys.stderr)
             return 2
-        if not 1 <= args.grpc_servers <= 16:
-            print("autoswarm coordinator serve: --grpc-servers must be between 1 and 16", file=sys.stderr)
+        if not 1 <= args.grpc_servers <= 64:
+            print("autoswarm coordinator serve: --grpc-servers must be between 1 and 64", file=sys.stderr)
             return 2
         swarm = SwarmConfig(
             budget_s=args.budget_s,
