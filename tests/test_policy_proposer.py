@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -312,6 +313,9 @@ def test_history_from_view_reads_measured_effects():
     history, avoid, in_flight, open_moves = history_from_view(view)
     (entry,) = history
     assert entry.moves == (("MATRIX_LR", 0.04, 0.05),) and entry.effect_sigma < -1.5
+    # Unclipped, in bpb, with the sigma it was judged against (the response surface reads these).
+    assert entry.delta_bpb is not None and abs(entry.delta_bpb - (1.0 - 1.003)) < 1e-12
+    assert entry.sigma_bpb is not None and math.isclose(entry.delta_bpb / entry.sigma_bpb, entry.effect_sigma)
     assert entry.outcome == "rejected" and entry.key in avoid
     assert in_flight == ["DEPTH"] and open_moves == [("DEPTH", 8, 9)]
     assert move_key(open_moves) in avoid and queued.state == HypothesisState.QUEUED

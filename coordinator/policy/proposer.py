@@ -36,6 +36,7 @@ from coordinator.policy.literals import (
     same_value,
 )
 from coordinator.policy.settings import AcceptanceSettings
+from coordinator.policy.surface import joint_move
 from coordinator.policy.view import PolicyView
 from coordinator.store.types import Hypothesis, HypothesisState
 
@@ -114,6 +115,11 @@ class ProposerSettings:
     queue_share: float = 1.0  # untried hypotheses kept queued per volunteer online
     opposite_penalty: float = 3.0  # (x effect scale) for a direction opposite to one being measured
     empirical_prior: bool = True  # untried directions start at the mean measured effect, not at zero
+    joint_moves: bool = True  # propose the response surface's joint move (surface.py) when it looks good
+    joint_min_gain: float = 3.0  # predicted improvement (sigma) for a joint move: about what confirms
+    joint_min_z: float = 2.0  # ... and that prediction over its standard error
+    max_open_joint: int = 1  # open multi-constant changes at once (each joint move waits for the last)
+    shield_joint: bool = True  # no new single moves on the constants of an open multi-constant change
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,10 @@ class MeasuredChange:
     runs: int = 1
     outcome: str = ""  # merged, rejected, failed, open ...
     key: str = ""  # change_key on its base: never proposed again on that base
+    # For the response surface: the pooled improvement without clipping, in bpb, and the class
+    # sigma it was measured against (sigma estimates move; bpb does not). None: use effect_sigma.
+    delta_bpb: float | None = None
+    sigma_bpb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,13 @@ class Proposer:
             return (est.weighted_sum + s.shrinkage * prior) / (est.weight + s.shrinkage)
         rng = random.Random(self._rng_seed(head_constants, history))
         busy = Counter(in_flight)
+        if s.shield_joint:
+            # A merge of a single move supersedes every open change on that constant: while a
+            # multi-constant change is open, its constants get no new single moves.
+            for k in avoid:
+                if "|" not in k and ";" in k:  # bare keys are open changes
+                    for part in k.split(";"):
+                        busy[part.split(":", 1)[0]] += s.max_in_flight_per_constant
         blocked = set(avoid) | {m.key for m in history if m.key}
         base = constants_key(head_constants)
         measuring: dict[str, set[str]] = defaultdict(set)
@@ -209,6 +226,11 @@ class Proposer:
                 measuring[name].add(_direction(spec, before, after))
         proposals: list[Proposal] = []
         chosen: list[tuple[float, _Move]] = []
+        joint = self._joint(head_constants, history, frozen, avoid, blocked, base)
+        if joint is not None:
+            proposals.append(joint)
+            blocked.add(joint.key)
+            busy.update(list(joint.constant_changes))
         for tier in (0, 1):
             scored: list[tuple[float, int, _Move, _Estimate]] = []
             for name in sorted(head_constants):
@@ -275,6 +297,52 @@ class Proposer:
             mean = posterior_mean(ea) + posterior_mean(eb)
             proposals.append(self._proposal([a, b], [ea, eb], mean, scale, head_constants))
         return proposals
+
+    def _joint(
+        self,
+        head_constants: Mapping[str, object],
+        history: Sequence[MeasuredChange],
+        frozen: Collection[str],
+        avoid: Collection[str],
+        blocked: Collection[str],
+        base: str,
+    ) -> Proposal | None:
+        """The response surface's joint move, when its predicted gain is large and sure enough to
+        be confirmed, no open change already moves most of the same constants (an earlier joint
+        move: wait for it), and it is not a change already known."""
+        s = self.settings
+        if not s.joint_moves:
+            return None
+        plan = joint_move(head_constants, history, frozen)  # type: ignore[arg-type]
+        if plan is None or len(plan.moves) < 2:  # one constant: the usual moves reach it
+            return None
+        if plan.gain_sigma < s.joint_min_gain or plan.gain_sigma < s.joint_min_z * plan.se_sigma:
+            return None
+        key = move_key(plan.moves)
+        if key in blocked or f"{base}|{key}" in blocked:
+            return None
+        names = {name for name, _, _ in plan.moves}
+        overlapping = 0
+        for k in avoid:
+            if "|" in k or ";" not in k:
+                continue  # bare multi-constant keys are the open joint moves and pairs
+            shared = len(names & {part.split(":", 1)[0] for part in k.split(";")})
+            overlapping += shared >= max(2, len(names) / 2)
+        if overlapping >= s.max_open_joint:
+            return None
+        parts = [f"{name} {render_literal(old)} -> {render_literal(new)}" for name, old, new in plan.moves]
+        return Proposal(
+            title=", ".join(parts),
+            rationale=(
+                "Built-in proposer, joint move: a quadratic response surface fitted to "
+                f"{len(history)} measured change(s) predicts {plan.gain_sigma:+.1f} +- "
+                f"{plan.se_sigma:.1f} sigma from moving these together towards its optimum."
+            ),
+            constant_changes={name: after for name, _, after in plan.moves},
+            literals={name: render_literal(after) for name, _, after in plan.moves},
+            priority=round(plan.gain_sigma, 3),
+            key=change_key(head_constants, plan.moves),
+        )
 
     def _proposal(
         self,
@@ -515,7 +583,12 @@ def measured_change(
     evidence = hypothesis_evidence(view, hypothesis, settings)
     if evidence.runs == 0:
         return None
-    return MeasuredChange(moves, evidence.effect_sigma, evidence.runs, outcome, key)
+    # Clipping keeps one number from deciding a test; the surface needs how bad a bad move was.
+    weights = [1.0 / g.se_bpb**2 for g in evidence.groups]
+    sigma = math.fsum(w * g.sigma for w, g in zip(weights, evidence.groups, strict=True)) / math.fsum(weights)
+    return MeasuredChange(
+        moves, evidence.effect_sigma, evidence.runs, outcome, key, evidence.reported_delta_bpb, sigma
+    )
 
 
 def _moves_of(base: Mapping[str, Value], hypothesis: Hypothesis) -> tuple[tuple[str, Value, Value], ...] | None:
