@@ -46,6 +46,16 @@ def _mallory_first(proc):
     return alice, bob, mallory, hypothesis_id, replicate
 
 
+def _revoke_mallory(proc) -> subprocess.CompletedProcess:
+    """`autoswarm coordinator revoke-owner mallory`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.cli.coordinator_cmd", "revoke-owner", "mallory",
+         "--reason", "numbers too good", "--coordinator", proc.address,
+         "--admin-token-file", str(proc.data_dir / "admin.token")],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
 def test_without_revocation_that_report_merges_the_change(tmp_path):
     """The control: the same sequence, nobody revoked, merges at Alice's report."""
     proc = coordinator_process(tmp_path / "c", policy=POLICY).start()
@@ -63,12 +73,7 @@ def test_revoked_owner_is_refused_and_its_evidence_no_longer_counts(tmp_path):
     proc = coordinator_process(tmp_path / "c", policy=POLICY).start()
     try:
         alice, bob, mallory, hypothesis_id, replicate = _mallory_first(proc)
-        revoked = subprocess.run(
-            [sys.executable, "-m", "coordinator.cli.coordinator_cmd", "revoke-owner", "mallory",
-             "--reason", "numbers too good", "--coordinator", proc.address,
-             "--admin-token-file", str(proc.data_dir / "admin.token")],
-            capture_output=True, text=True, timeout=60,
-        )
+        revoked = _revoke_mallory(proc)
         assert revoked.returncode == 0, revoked.stderr
         assert revoked.stdout.strip() == "revoked 1 volunteer(s) of mallory; 1 result(s) no longer count"
 
@@ -137,12 +142,7 @@ def test_revocation_republishes_the_heads_class_statistics(tmp_path):
 
         everyone = baselines["alice"] + baselines["mallory"]
         assert head_baseline() == pytest.approx(sum(everyone) / len(everyone))
-        revoked = subprocess.run(
-            [sys.executable, "-m", "coordinator.cli.coordinator_cmd", "revoke-owner", "mallory",
-             "--reason", "numbers too good", "--coordinator", proc.address,
-             "--admin-token-file", str(proc.data_dir / "admin.token")],
-            capture_output=True, text=True, timeout=60,
-        )
+        revoked = _revoke_mallory(proc)
         assert revoked.returncode == 0, revoked.stderr
         honest = sum(baselines["alice"]) / len(baselines["alice"])
         deadline = time.monotonic() + 20
