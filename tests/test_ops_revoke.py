@@ -40,6 +40,7 @@ def _mallory_first(proc):
         hypothesis_id = admin.submit("MATRIX_LR 0.05", constant_changes={"MATRIX_LR": "0.05"}).hypothesis_id
     candidate = mallory.work_once(landscape)
     assert candidate is not None and candidate.hypothesis_id == hypothesis_id
+    proc.settle()  # reports are judged after they are acknowledged: the replicate is queued by then
     replicate = alice.lease()
     assert replicate is not None and replicate.kind == pb.UNIT_KIND_REPLICATE
     assert replicate.hypothesis_id == hypothesis_id
