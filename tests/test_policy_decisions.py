@@ -72,7 +72,7 @@ def view() -> InMemoryView:
 def test_sigma_and_score_from_baselines(view):
     est = decisions.class_sigma(view, "gpu-a", SETTINGS)
     assert not est.from_prior and est.dof == 7 and est.sigma == pytest.approx(SIGMA)
-    score = decisions.score_result(view, "gpu-a", "c0", 0.99, SETTINGS)
+    score = normalize(0.99, decisions.class_stats(view, "gpu-a", "c0", SETTINGS), SETTINGS.min_baseline_samples)
     assert score.has_baseline and score.baseline_samples == 8
     assert score.delta_bpb == pytest.approx(0.01) and score.delta_sigma == pytest.approx(0.01 / SIGMA)
     stats = decisions.class_stats(view, "gpu-b", "c0", SETTINGS)
@@ -86,7 +86,8 @@ def test_prior_until_enough_baselines():
     v.add_volunteer("a1", "o1", "gpu-a")
     est = decisions.class_sigma(v, "gpu-a", SETTINGS.replace(prior_sigma_by_class={"gpu-a": 0.02}))
     assert est.from_prior and est.sigma == 0.02
-    assert not decisions.score_result(v, "gpu-a", "c0", 1.0, SETTINGS).has_baseline
+    stats = decisions.class_stats(v, "gpu-a", "c0", SETTINGS)
+    assert not normalize(1.0, stats, SETTINGS.min_baseline_samples).has_baseline
 
 
 def test_early_discard(view):

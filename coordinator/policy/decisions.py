@@ -34,7 +34,6 @@ from coordinator.policy.statistics import (
     SigmaEstimate,
     estimate_sigma,
     fit_effect_prior,
-    normalize,
     pooled_evidence,
     shift_z,
     sigma_units,
@@ -47,7 +46,6 @@ from coordinator.store.types import (
     Hypothesis,
     HypothesisState,
     MergeRecord,
-    NormalizedScore,
     ResultRecord,
     RunStatus,
     UnitKind,
@@ -193,18 +191,6 @@ def class_stats(
     values = [s.val_bpb for s in ctx.baseline(hardware_class, commit)]
     mean = math.fsum(values) / len(values) if values else 0.0
     return ClassStats(hardware_class, commit, len(values), mean, ctx.sigma(hardware_class).sigma, now_s)
-
-
-def score_result(
-    view: PolicyView,
-    hardware_class: str,
-    base_commit: str,
-    val_bpb: float,
-    settings: AcceptanceSettings = DEFAULT_SETTINGS,
-) -> NormalizedScore:
-    """The normalized score of one run, to store with it and return to its volunteer."""
-    stats = class_stats(view, hardware_class, base_commit, settings)
-    return normalize(val_bpb, stats, settings.min_baseline_samples)
 
 
 def hypothesis_evidence(
