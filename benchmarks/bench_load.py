@@ -519,6 +519,11 @@ class LoadProcess:
 
 
 def _load_process_main(conn: Connection, address: str, seed: int) -> None:
+    if os.environ.get("LOADBENCH_LOOP") == "uvloop":
+        import uvloop
+
+        uvloop.run(LoadProcess(conn, address, seed).serve())
+        return
     asyncio.run(LoadProcess(conn, address, seed).serve())
 
 
@@ -630,10 +635,55 @@ def summarize(label: str, spec: PhaseSpec, parts: list[PhaseSamples], cpu: dict[
     return result
 
 
-def measure(label: str, gen: LoadGenerator, spec: PhaseSpec, meter: CpuMeter) -> dict[str, Any]:
+class RedisCommandMeter:
+    """Per-command calls and Redis's own execution time (INFO commandstats) over a phase, and the
+    redis-server process's user and system CPU: where its share of the cores goes."""
+
+    def __init__(self, address: str, pid: int) -> None:
+        import redis
+
+        host, port = address.rsplit(":", 1)
+        self.client = redis.Redis(host=host, port=int(port))
+        self.proc = psutil.Process(pid)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.client.info("commandstats")
+        cpu = self.proc.cpu_times()
+        return {
+            "commands": {name.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for name, v in stats.items()},
+            "user_s": cpu.user, "system_s": cpu.system, "wall": time.monotonic(),
+        }
+
+    @staticmethod
+    def delta(before: dict[str, Any], after: dict[str, Any], rpcs: int) -> dict[str, Any]:
+        wall = after["wall"] - before["wall"]
+        commands = {}
+        for name, (calls, usec) in after["commands"].items():
+            calls_before, usec_before = before["commands"].get(name, (0, 0))
+            if calls > calls_before:
+                commands[name] = {
+                    "per_rpc": round((calls - calls_before) / max(1, rpcs), 2),
+                    "us_per_call": round((usec - usec_before) / (calls - calls_before), 1),
+                }
+        executing_s = sum(
+            after["commands"][n][1] - before["commands"].get(n, (0, 0))[1] for n in after["commands"]
+        ) / 1e6
+        return {
+            "user_cores": round((after["user_s"] - before["user_s"]) / wall, 3),
+            "system_cores": round((after["system_s"] - before["system_s"]) / wall, 3),
+            "executing_cores": round(executing_s / wall, 3),  # inside commands; the rest is I/O and fsync
+            "commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["per_rpc"])),
+        }
+
+
+def measure(
+    label: str, gen: LoadGenerator, spec: PhaseSpec, meter: CpuMeter, redis_meter: RedisCommandMeter | None = None
+) -> dict[str, Any]:
+    redis_before = redis_meter.snapshot() if redis_meter else None
     before = meter.snapshot()
     parts = gen.phase(spec)
     after = meter.snapshot()
+    redis_after = redis_meter.snapshot() if redis_meter else None
     wall = after["wall"] - before["wall"]
     ours = {name: after[name] - before[name] for name in meter.procs}
     client_cpu = sum(p.client_cpu_s for p in parts)
@@ -648,6 +698,10 @@ def measure(label: str, gen: LoadGenerator, spec: PhaseSpec, meter: CpuMeter) ->
         "server_cpu_us_per_call": round(server_cpu / max(1, calls) * 1e6 * (spec.duration_s / wall), 0),
     }
     result = summarize(label, spec, parts, cpu)
+    if redis_meter is not None and redis_before is not None and redis_after is not None:
+        # Whole-phase counts (warm-up included), per measured RPC: a ratio, not an exact count.
+        rpcs_in_phase = round(calls * (wall / spec.duration_s))
+        result["redis"] = RedisCommandMeter.delta(redis_before, redis_after, rpcs_in_phase)
     print(format_row(result), flush=True)
     return result
 
@@ -945,10 +999,11 @@ def run_coordinator(args: argparse.Namespace, scratch: Path, store: str, baselin
         if redis_server is not None:
             pids["redis"] = redis_server.pid
         meter = CpuMeter(pids)
+        redis_meter = RedisCommandMeter(redis_server.address, redis_server.pid) if redis_server else None
         spec = PhaseSpec("max", "health", time.time() + 1.0, WARMUP_S, HEALTH_S, args.concurrency)
         results.append(measure(f"{store}-health", gen, spec, meter) | {"setup": setup})
         spec = PhaseSpec("max", "mix", time.time() + 1.0, WARMUP_S, args.max_s, args.concurrency)
-        results.append(measure(store, gen, spec, meter) | {"setup": setup})
+        results.append(measure(store, gen, spec, meter, redis_meter) | {"setup": setup})
         print(format_methods(results[-1]), flush=True)
         for rate in args.target_rps:
             # A maximum-rate phase leaves reports the decider has not judged yet; judging that
@@ -962,7 +1017,8 @@ def run_coordinator(args: argparse.Namespace, scratch: Path, store: str, baselin
             print(f"  {backlog} reports awaited judgement; judged in {settled_s} s", flush=True)
             spec = PhaseSpec("rate", "mix", time.time() + 1.0, WARMUP_S, args.rate_s, rate=rate)
             results.append(
-                measure(store, gen, spec, meter) | {"setup": setup, "backlog": backlog, "settled_s": settled_s}
+                measure(store, gen, spec, meter, redis_meter)
+                | {"setup": setup, "backlog": backlog, "settled_s": settled_s}
             )
             print(format_methods(results[-1]), flush=True)
         return results

@@ -35,6 +35,7 @@ from coordinator.service import event_loop
 from coordinator.service.auth import AuthInterceptor, PrincipalCache, hash_token, new_token
 from coordinator.service.core import META_REVOCATION_EPOCH, CoordinatorCore, SwarmConfig
 from coordinator.service.decider import DeciderLink, DeciderProcess, decider_command
+from coordinator.service.registration import add_services
 from coordinator.service.servicer import AdminServicer, Blocking, CoordinatorServicer
 from coordinator.service.signing import SigningKeys
 from coordinator.service.work_loop import WorkLoop
@@ -79,7 +80,7 @@ class ServerOptions:
     serving_processes: int = 1
     secondary: bool = False  # set on the processes the primary starts
     event_loop: str = "auto"  # auto | uvloop | asyncio (service/event_loop.py)
-    grpc_servers: int = 8  # gRPC servers per serving process on the same port (accept queues; see start)
+    grpc_servers: int = 64  # gRPC servers per serving process on the same port (accept queues; see start)
 
 
 def _refuse_a_taken_port(listen: str) -> None:
@@ -221,12 +222,14 @@ class CoordinatorServer:
         self._revocation_epoch = self.store.get_meta(META_REVOCATION_EPOCH) or ""
         self.hot = hot_store_for(self.store, self.run_blocking)  # made on the loop that uses it
         work = WorkLoop(self.core, self.hot, self.run_blocking, self.run_decisions)
-        # grpc.aio accepts one call of each method at a time per server, and each accept takes
-        # a few turns of the event loop: the method with most of the calls (heartbeats) queues
-        # in gRPC when the loop is busy. Several servers on the same port (SO_REUSEPORT spreads
-        # connections over them) accept in parallel, sharing everything else. Measured on 2 cores
-        # at 1,167 RPC/s: one process with 8 servers p99 35-60 ms; with 2, heartbeats alone had
-        # p99 176 ms (benchmarks/README.md).
+        # grpc.aio accepts one call of each pre-registered method at a time per server, and each
+        # accept is re-armed a turn or two of the event loop later: the method with most of the
+        # calls (heartbeats) queues in gRPC when the loop is busy. Several servers on the same
+        # port (SO_REUSEPORT spreads connections over them) accept in parallel, sharing
+        # everything else; each pre-registers only the volunteer loop's methods, so its accept
+        # loop stays cheap however many there are (registration.py). Measured on 2 cores at
+        # 1,167 RPC/s: 64 servers held p99 <= 50 ms in most runs, 8 in none of five that day
+        # (benchmarks/README.md).
         servers = self.options.grpc_servers
         reuse_port = self.options.serving_processes > 1 or servers > 1
         if reuse_port and not self.options.secondary:
@@ -251,9 +254,11 @@ class CoordinatorServer:
                     ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ],
             )
-            pb_grpc.add_CoordinatorServicer_to_server(coordinator, server)
-            pb_grpc.add_AdminServicer_to_server(admin, server)
-            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            add_services(server, [
+                (pb_grpc.add_CoordinatorServicer_to_server, coordinator),
+                (pb_grpc.add_AdminServicer_to_server, admin),
+                (health_pb2_grpc.add_HealthServicer_to_server, health_servicer),
+            ])  # every method served; only the volunteer loop's pre-registered (registration.py)
             port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
             if port == 0 and index > 0:  # no SO_REUSEPORT here: the servers started serve alone
                 log.warning("could not add gRPC server %d on %s (port sharing unavailable?); serving with %d",

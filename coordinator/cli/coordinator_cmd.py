@@ -54,7 +54,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "that also runs Redis; more on larger ones (benchmarks/README.md, load section)",
     )
     p.add_argument(
-        "--grpc-servers", type=int, default=int(env("AUTOSWARM_GRPC_SERVERS", "8")),
+        "--grpc-servers", type=int, default=int(env("AUTOSWARM_GRPC_SERVERS", "64")),
         help="gRPC servers per serving process on the same port: each accepts calls of a method "
         "in parallel with the others (heartbeats are most calls)",
     )
@@ -202,8 +202,8 @@ def main(argv: list[str]) -> int:
         except EventLoopError as exc:
             print(f"autoswarm coordinator serve: {exc}", file=sys.stderr)
             return 2
-        if not 1 <= args.grpc_servers <= 64:
-            print("autoswarm coordinator serve: --grpc-servers must be between 1 and 64", file=sys.stderr)
+        if not 1 <= args.grpc_servers <= 256:
+            print("autoswarm coordinator serve: --grpc-servers must be between 1 and 256", file=sys.stderr)
             return 2
         swarm = SwarmConfig(
             budget_s=args.budget_s,

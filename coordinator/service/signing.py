@@ -118,11 +118,20 @@ class SigningKeys:
 
     @property
     def public_key(self) -> bytes:
-        return _raw_public(self._current)
+        return self._identity()[1]
 
     @property
     def key_id(self) -> str:
-        return key_id(self.public_key)
+        return self._identity()[2]
+
+    def _identity(self) -> tuple[Ed25519PrivateKey, bytes, str]:
+        """(current key, its public bytes, its id), derived once per key: every lease names the
+        key that signed it, and deriving the public key costs more than the signature's hash."""
+        current, identity = self._current, getattr(self, "_identity_of", None)
+        if identity is None or identity[0] is not current:
+            public = _raw_public(current)
+            identity = self._identity_of = (current, public, key_id(public))
+        return identity
 
     def sign(self, payload: bytes) -> bytes:
         return self._current.sign(payload)
