@@ -14,7 +14,13 @@ import time
 import uuid
 
 import pytest
-from coordinator_proc import CoordinatorProcess, ScriptedVolunteer, coordinator_process, merge_a_win, run_swarm
+from coordinator_proc import (
+    CoordinatorProcess,
+    ScriptedVolunteer,
+    coordinator_process,
+    merge_a_win,
+    run_swarm,
+)
 
 from autoswarm.v1 import swarm_pb2 as pb
 from coordinator.client import CoordinatorUnavailable
