@@ -225,23 +225,17 @@ class Decider:
         while True:
             self._follow_revocations()
             batch = store.list_results(ResultFilter(), limit=RESULT_BATCH, after=self.cursor)
-            # New results are read once for the whole batch: the batch is already in the store,
-            # so every judgement in it still sees its own result and all before it, and a result
-            # reported meanwhile is the next batch's (judged with everything before it then).
-            with self.core.view.one_read_of_results():
-                for record in batch:
-                    try:
-                        self.core.after_result(record)
-                    except Exception as exc:
-                        if store_unreachable(exc):
-                            # Not this result's fault: stop here, the cursor still before it, and
-                            # the next pass judges it (skipping on would leave it to a sweep that
-                            # runs only when the head moves).
-                            raise
-                        log.exception(
-                            "judging result %s failed; it is judged again by the next sweep", record.result_id
-                        )
-                    self.cursor = record.result_id
+            for record in batch:
+                try:
+                    self.core.after_result(record)
+                except Exception as exc:
+                    if store_unreachable(exc):
+                        # Not this result's fault: stop here, the cursor still before it, and
+                        # the next pass judges it (skipping on would leave it to a sweep that
+                        # runs only when the head moves).
+                        raise
+                    log.exception("judging result %s failed; it is judged again by the next sweep", record.result_id)
+                self.cursor = record.result_id
             if batch:
                 store.set_meta(META_CURSOR, self.cursor)
                 judged += len(batch)

@@ -65,8 +65,7 @@ class StoreView:
         try:
             yield
         finally:
-            # A read inside a nested block was the enclosing block's one read too.
-            self._snapshot.polled = None if outer is None else bool(outer or self._snapshot.polled)
+            self._snapshot.polled = outer
 
     def _read_pending(self, hypothesis_id: str = "", hardware_class: str = "") -> list[WorkUnit]:
         if hypothesis_id:  # one hypothesis has a handful of units: one read, filtered here
@@ -83,8 +82,6 @@ class StoreView:
         """Results stopped counting (a revocation): read them all again."""
         with self._results_lock:
             self._results = _Results()
-        if getattr(self._snapshot, "polled", None):
-            self._snapshot.polled = False  # inside a one-read block too: the next read is a full one
 
     def _counting_results(
         self, hardware_class: str = "", base_commit: str = "", kind: UnitKind | None = None, hypothesis_id: str = ""
