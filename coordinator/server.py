@@ -228,7 +228,7 @@ class CoordinatorServer:
         # port (SO_REUSEPORT spreads connections over them) accept in parallel, sharing
         # everything else; each pre-registers only the volunteer loop's methods, so its accept
         # loop stays cheap however many there are (registration.py). Measured on 2 cores at
-        # 1,167 RPC/s: 64 servers held p99 <= 50 ms in most runs, 8 in none of five that day
+        # 1,167 RPC/s: 64 servers held p99 <= 50 ms in ten runs of fifteen, 8 in none of six
         # (benchmarks/README.md).
         servers = self.options.grpc_servers
         reuse_port = self.options.serving_processes > 1 or servers > 1

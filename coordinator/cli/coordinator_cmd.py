@@ -55,8 +55,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--grpc-servers", type=int, default=int(env("AUTOSWARM_GRPC_SERVERS", "64")),
-        help="gRPC servers per serving process on the same port: each accepts calls of a method "
-        "in parallel with the others (heartbeats are most calls)",
+        help="gRPC servers per serving process on the same port (1-256): each accepts a call of "
+        "each volunteer-loop method in parallel with the others (heartbeats are most calls)",
     )
     p.add_argument(
         "--event-loop", choices=["auto", "uvloop", "asyncio"], default=env("AUTOSWARM_EVENT_LOOP", "auto"),
