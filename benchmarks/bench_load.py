@@ -519,11 +519,6 @@ class LoadProcess:
 
 
 def _load_process_main(conn: Connection, address: str, seed: int) -> None:
-    if os.environ.get("LOADBENCH_LOOP") == "uvloop":
-        import uvloop
-
-        uvloop.run(LoadProcess(conn, address, seed).serve())
-        return
     asyncio.run(LoadProcess(conn, address, seed).serve())
 
 
