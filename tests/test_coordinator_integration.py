@@ -429,12 +429,16 @@ def test_redis_killed_under_a_serving_coordinator(tmp_path, redis_process):
         with pytest.raises(CoordinatorUnavailable, match="store is unreachable"), bob.client() as client:
             client.heartbeat(held.lease_id, step=1)
         redis_process.start()
-        for step in range(2, 10):  # each call on a new connection: both serving processes, whose
-            with bob.client() as client:  # pooled store connections all died with the server
-                assert client.heartbeat(held.lease_id, step=step).lease_deadline_unix_s > held.lease_deadline_unix_s
+        for step in range(2, 10):  # each call on a new connection, so on both serving processes
+            with bob.client() as client:  # (the granting one answers from the deadline it wrote)
+                assert client.heartbeat(held.lease_id, step=step).lease_deadline_unix_s >= held.lease_deadline_unix_s
         assert not bob.report(held, 1.0).duplicate  # the refused report changed nothing
-        again = alice.lease()
-        assert again is not None and alice.report(again, 1.0).result_id
+        reported = 0
+        for _ in range(8):  # each on a new connection: both processes, whose pooled store
+            again = alice.lease()  # connections all died with the server, reach it again
+            if again is not None:  # (an empty queue is an answer from the store too)
+                reported += bool(alice.report(again, 1.0).result_id)
+        assert reported >= 1
         proc.settle()
         with proc.admin() as admin:
             assert acknowledged in {r.result_id for r in admin.results()}

@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.service.batching import MAX_TRIPS, HeartbeatGroups
 from coordinator.store.aio import ThreadedHotStore
-from coordinator.store.errors import NotFoundError, PermissionDeniedError
+from coordinator.store.errors import LeaseExpiredError, NotFoundError, PermissionDeniedError
 from coordinator.store.sqlite_store import SqliteStore
 from coordinator.store.types import Lease, Principal, Role, UnitKind, WorkUnit
 
@@ -133,3 +133,73 @@ def test_a_slow_handler_is_logged_with_its_method(monkeypatch, caplog):
         asyncio.run(main())
     slow = [r.getMessage() for r in caplog.records if "slow call" in r.getMessage()]
     assert len(slow) == 1 and slow[0].startswith("slow call: ExtendLease took ")
+
+
+def test_a_heartbeat_soon_after_a_write_is_answered_from_memory_and_a_later_one_writes(tmp_path):
+    """A deadline written less than a third of a lease ago is still two thirds of a lease ahead:
+    the heartbeat is acknowledged with it, and nothing is written, until a third has passed."""
+    store = SqliteStore(str(tmp_path / "s.sqlite"))
+    (volunteer, lease), (other, _) = _leased(store, 2)
+    trips: list[int] = []
+
+    async def run_blocking(fn, *args):
+        trips.append(len(args[0]))
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    now = [1000.0]
+    groups = HeartbeatGroups(ThreadedHotStore(store, run_blocking), lambda: 300.0, clock=lambda: now[0])
+    groups.remember(lease)  # granted here: its deadline was written with the grant
+
+    async def main():
+        first = await groups.extend(volunteer, lease.lease_id, 1, 0.1, 3.0)
+        now[0] += 99.0
+        second = await groups.extend(volunteer, lease.lease_id, 2, 0.2, 2.9)
+        stolen = await asyncio.gather(groups.extend(other, lease.lease_id, 9, 0.9, 1.0), return_exceptions=True)
+        now[0] += 1.0  # a third of the 300 s lease since the grant
+        third = await groups.extend(volunteer, lease.lease_id, 3, 0.3, 2.8)
+        now[0] += 50.0
+        fourth = await groups.extend(volunteer, lease.lease_id, 4, 0.4, 2.7)
+        return first, second, stolen[0], third, fourth
+
+    first, second, stolen, third, fourth = asyncio.run(main())
+    assert first == lease and second == lease  # the grant's deadline, no trip
+    assert isinstance(stolen, PermissionDeniedError)  # not its holder: the store decides, and refuses
+    assert trips == [1, 1]  # the refused call and the third heartbeat
+    assert third.deadline_s > lease.deadline_s and third.progress_step == 3
+    assert fourth == third  # remembered from the third's write
+    assert store.get_lease(lease.lease_id).progress_step == 3
+    assert groups.answered_from_memory == 3
+    store.close()
+
+
+def test_a_forgotten_lease_goes_to_the_store_again(tmp_path):
+    """After its report (or release) here, a late heartbeat is the store's to refuse."""
+    store = SqliteStore(str(tmp_path / "s.sqlite"))
+    (volunteer, lease), = _leased(store, 1)
+    groups = HeartbeatGroups(ThreadedHotStore(store, _in_thread), lambda: 300.0)
+    groups.remember(lease)
+    store.release_lease(lease.lease_id, volunteer.principal_id, "done here")
+    groups.forget(lease.lease_id)
+
+    async def main():
+        return await asyncio.gather(groups.extend(volunteer, lease.lease_id, 1, 0.1, 3.0), return_exceptions=True)
+
+    (result,) = asyncio.run(main())
+    assert isinstance(result, LeaseExpiredError)
+    assert groups.answered_from_memory == 0
+    store.close()
+
+
+def test_remembered_leases_age_out():
+    now = [0.0]
+    groups = HeartbeatGroups(None, lambda: 30.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    for index in range(5):
+        groups.remember(Lease(f"lease-{index}", "u", "v", "o", issued_s=now[0], deadline_s=now[0] + 30.0))
+        now[0] += 4.0
+    assert len(groups._written) == 3  # written at 8, 12, 16; those at 0 and 4 are 10 s (a third) old
+    groups.remember(Lease("lease-0", "u", "v", "o", issued_s=now[0], deadline_s=now[0] + 30.0))
+    assert list(groups._written) == ["lease-3", "lease-4", "lease-0"]
+
+
+async def _in_thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -24,7 +24,8 @@ from coordinator.store.types import Principal, Role
 TOKEN_BYTES = 32
 # Revocations through this server clear the cache at once; the TTL bounds what a revocation made
 # elsewhere (another process on the same store) takes to be seen here. The store refuses a revoked
-# volunteer's leases and reports by itself, so only read-only calls could see a stale entry.
+# volunteer's leases and reports by itself, so only read-only calls, and heartbeats another process
+# answers from memory (service/batching.py), could see a stale entry.
 PRINCIPAL_CACHE_TTL_S = 600.0
 
 ALL_ROLES = frozenset(Role)

@@ -219,6 +219,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def ReleaseLease(self, request: pb.ReleaseLeaseRequest, context: Any) -> Any:
         principal = _principal()
         await _call(context, self.run, "ReleaseLease", self.core.release, principal, request.lease_id, request.reason)
+        self.work.heartbeats.forget(request.lease_id)
         return pb.ReleaseLeaseResponse()
 
     async def ReportRefusal(self, request: pb.ReportRefusalRequest, context: Any) -> Any:
@@ -229,6 +230,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             context, self.run, "ReportRefusal", self.core.release, principal, request.lease_id,
             f"refused by volunteer: {request.reason}"[:200],
         )
+        self.work.heartbeats.forget(request.lease_id)
         return pb.ReportRefusalResponse()
 
     async def SubmitHypothesis(self, request: pb.SubmitHypothesisRequest, context: Any) -> Any:

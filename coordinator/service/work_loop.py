@@ -60,6 +60,7 @@ class WorkLoop:
         if granted is None:
             return None
         unit, lease = granted
+        self.heartbeats.remember(lease)  # its deadline was just written: the next heartbeats need no write
         payload = core.work_unit_bytes(unit, lease, await self.tokenizer())
         return LeaseGrant(unit, lease, payload, core.signer.sign(payload), core.signer.key_id)
 
@@ -84,6 +85,7 @@ class WorkLoop:
         record, duplicate = await self.hot.record_result(
             lease_id, principal.principal_id, metrics, score, new_id("res")
         )
+        self.heartbeats.forget(lease_id)  # the lease has ended: a late heartbeat is refused by the store
         if duplicate:
             return await self._repeated(record)
         if ok and not pinned and metrics.tokenizer_hash:
