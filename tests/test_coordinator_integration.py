@@ -93,6 +93,11 @@ def test_lease_heartbeat_expiry_and_reissue(tmp_path, store_url):
         assert unit is not None and unit.kind == pb.UNIT_KIND_BASELINE
         lease_s = unit.lease_deadline_unix_s - unit.issued_unix_s
         assert 3.5 <= lease_s <= 4.5  # 3 x budget + allowance
+        with first.client() as client:  # within a third of the lease of the grant: acknowledged
+            early = client.heartbeat(unit.lease_id, step=1)  # with the deadline the grant wrote
+        assert early.lease_deadline_unix_s == pytest.approx(unit.lease_deadline_unix_s)
+        with second.client() as client, pytest.raises(errors.PermissionDeniedError):
+            client.heartbeat(unit.lease_id, step=1)  # not its lease: refused as ever
         time.sleep(lease_s * 0.6)
         with first.client() as client:
             beat = client.heartbeat(unit.lease_id, step=3, fraction=0.5, loss=4.2)

@@ -127,6 +127,15 @@ def test_grpc_servers_out_of_range_are_refused(tmp_path, capsys):
         assert not (tmp_path / "c").exists()
 
 
+def test_heartbeat_rewrite_share_out_of_range_is_refused(tmp_path, capsys):
+    from coordinator.cli import coordinator_cmd
+
+    for share in ("-0.1", "1"):
+        code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), "--heartbeat-rewrite-share", share])
+        assert code == 2 and "--heartbeat-rewrite-share must be at least 0 and below 1" in capsys.readouterr().err
+        assert not (tmp_path / "c").exists()
+
+
 def test_a_second_coordinator_on_a_taken_port_is_refused(tmp_path):
     """Port sharing (SO_REUSEPORT) is on for the gRPC servers, so a plain bind no longer fails
     for a second coordinator on the same port: it must refuse by itself, not take half the calls."""

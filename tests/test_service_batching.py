@@ -203,3 +203,18 @@ def test_remembered_leases_age_out():
 
 async def _in_thread(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def test_share_zero_writes_every_heartbeat(tmp_path):
+    store = SqliteStore(str(tmp_path / "s.sqlite"))
+    (volunteer, lease), = _leased(store, 1)
+    groups = HeartbeatGroups(ThreadedHotStore(store, _in_thread), lambda: 300.0, rewrite_after_share=0.0)
+    groups.remember(lease)
+
+    async def main():
+        return [await groups.extend(volunteer, lease.lease_id, step, 0.1, 3.0) for step in (1, 2)]
+
+    first, second = asyncio.run(main())
+    assert (first.progress_step, second.progress_step) == (1, 2) and second.deadline_s >= first.deadline_s > lease.deadline_s
+    assert groups.answered_from_memory == 0 and groups.groups == 2
+    store.close()

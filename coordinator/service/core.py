@@ -69,6 +69,7 @@ class SwarmConfig:
     lease_factor: float = 3.0  # lease length = factor x budget + start-up allowance
     startup_allowance_s: float = 120.0
     heartbeat_interval_s: float = 60.0
+    heartbeat_rewrite_share: float = 1.0 / 3.0  # of the lease since its last write (service/batching.py)
     invite_only: bool = False
     auto_revert: bool = True
     proposer_enabled: bool = True

@@ -30,7 +30,9 @@ class WorkLoop:
     ) -> None:
         self.core = core
         self.hot = hot
-        self.heartbeats = HeartbeatGroups(hot, lambda: core.config.lease_duration_s)
+        self.heartbeats = HeartbeatGroups(
+            hot, lambda: core.config.lease_duration_s, core.config.heartbeat_rewrite_share
+        )
         self._run = run_blocking  # the rare blocking reads (a repeated report's hypothesis state)
         self._decide = decide_blocking or run_blocking  # inline decisions: they take the core's lock
 
