@@ -10,6 +10,7 @@ import weakref
 import pytest
 
 from coordinator.service.batching import MAX_TRIPS, HeartbeatGroups
+from coordinator.service.metrics import METRICS
 from coordinator.store.aio import ThreadedHotStore
 from coordinator.store.errors import LeaseExpiredError, NotFoundError, PermissionDeniedError
 from coordinator.store.sqlite_store import SqliteStore
@@ -149,6 +150,7 @@ def test_a_heartbeat_soon_after_a_write_is_answered_from_memory_and_a_later_one_
     now = [1000.0]
     groups = HeartbeatGroups(ThreadedHotStore(store, run_blocking), lambda: 300.0, clock=lambda: now[0])
     groups.remember(lease)  # granted here: its deadline was written with the grant
+    writes_before = METRICS.heartbeat_writes._value.get()
 
     async def main():
         first = await groups.extend(volunteer, lease.lease_id, 1, 0.1, 3.0)
@@ -169,6 +171,7 @@ def test_a_heartbeat_soon_after_a_write_is_answered_from_memory_and_a_later_one_
     assert fourth == third  # remembered from the third's write
     assert store.get_lease(lease.lease_id).progress_step == 3
     assert groups.answered_from_memory == 3
+    assert METRICS.heartbeat_writes._value.get() - writes_before == 1  # the refused call wrote nothing
     store.close()
 
 

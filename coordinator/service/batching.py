@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from coordinator.service.metrics import METRICS
 from coordinator.store.aio import HotStore
 from coordinator.store.types import Lease, LeaseExtension, Principal
 
@@ -126,6 +127,7 @@ class HeartbeatGroups:
                 except Exception as exc:  # the trip itself failed: every caller of the group gets it
                     results = [exc] * len(group)
                 self.groups += 1
+                METRICS.heartbeat_writes.inc(sum(not isinstance(r, Exception) for r in results))
                 self.largest_group = max(self.largest_group, len(group))
                 for item, result in zip(group, results, strict=True):
                     if isinstance(result, Exception):

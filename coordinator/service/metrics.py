@@ -15,6 +15,7 @@ class Metrics:
     leases: Counter
     lease_misses: Counter
     heartbeats: Counter
+    heartbeat_writes: Counter
     reports: Counter
     refusals: Counter
     registrations: Counter
@@ -38,6 +39,11 @@ def _build() -> Metrics:
         leases=Counter("autoswarm_leases_total", "work units leased", ["kind"], registry=registry),
         lease_misses=Counter("autoswarm_lease_misses_total", "lease requests with nothing to do", registry=registry),
         heartbeats=Counter("autoswarm_heartbeats_total", "heartbeats received", registry=registry),
+        heartbeat_writes=Counter(
+            "autoswarm_heartbeat_writes_total",
+            "heartbeats that rewrote their lease's deadline in the store (the rest were answered from memory)",
+            registry=registry,
+        ),
         reports=Counter("autoswarm_reports_total", "results reported", ["status", "duplicate"], registry=registry),
         refusals=Counter("autoswarm_refusals_total", "work units refused by volunteers", registry=registry),
         registrations=Counter("autoswarm_registrations_total", "volunteers registered", registry=registry),
