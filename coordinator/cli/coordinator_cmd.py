@@ -62,9 +62,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--event-loop", choices=["auto", "uvloop", "asyncio"], default=env("AUTOSWARM_EVENT_LOOP", "auto"),
         help="the serving processes' event loop: uvloop when installed (auto, the default), or asyncio",
     )
+    rewrite_share = env("AUTOSWARM_HEARTBEAT_REWRITE_SHARE", "")
     p.add_argument(
-        "--heartbeat-rewrite-share", type=float,
-        default=float(env("AUTOSWARM_HEARTBEAT_REWRITE_SHARE", "") or 1 / 3),
+        "--heartbeat-rewrite-share", type=float, default=float(rewrite_share) if rewrite_share else None,
         help="a heartbeat rewrites its lease's deadline once this share of the lease has passed since "
         "the last write; earlier ones are acknowledged from memory (0: every heartbeat writes; "
         "default one third)",
@@ -209,24 +209,25 @@ def main(argv: list[str]) -> int:
         except EventLoopError as exc:
             print(f"autoswarm coordinator serve: {exc}", file=sys.stderr)
             return 2
-        if not 0.0 <= args.heartbeat_rewrite_share < 1.0:
+        if args.heartbeat_rewrite_share is not None and not 0.0 <= args.heartbeat_rewrite_share < 1.0:
             print("autoswarm coordinator serve: --heartbeat-rewrite-share must be at least 0 and below 1",
                   file=sys.stderr)
             return 2
         if not 1 <= args.grpc_servers <= 256:
             print("autoswarm coordinator serve: --grpc-servers must be between 1 and 256", file=sys.stderr)
             return 2
+        tuning = {} if args.heartbeat_rewrite_share is None else {"heartbeat_rewrite_share": args.heartbeat_rewrite_share}
         swarm = SwarmConfig(
             budget_s=args.budget_s,
             dataset=args.dataset,
             tokenizer_hash=args.tokenizer_hash,
             heartbeat_interval_s=min(60.0, max(1.0, args.budget_s / 5)),
-            heartbeat_rewrite_share=args.heartbeat_rewrite_share,
             startup_allowance_s=args.startup_allowance_s,
             invite_only=args.invite_only,
             auto_revert=not args.no_auto_revert,
             proposer_enabled=not args.no_proposer,
             policy_overrides=json.loads(args.policy_json) if args.policy_json else {},
+            **tuning,
         )
         options = ServerOptions(
             listen=args.listen,

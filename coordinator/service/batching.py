@@ -14,8 +14,9 @@ error, exactly as `extend_lease` alone would give it.
 Most heartbeats need no write at all. A lease's deadline is lease_duration ahead when it is written
 (at the grant and at each written heartbeat); a heartbeat that comes while less than
 REWRITE_AFTER_SHARE of the lease has passed since this process last wrote it is answered from
-memory with that deadline, which is still at least (1 - share) of a lease ahead. With a 900 s
-lease, heartbeats every 60 s and a 300 s run, that is at most one write of five heartbeats. What
+memory with that deadline, which is still at least (1 - share) of a lease ahead. With the default
+1,020 s lease (3 x a 300 s budget + 120 s start-up allowance), a third is 340 s: of a five-minute
+run's heartbeats, one a minute, at most the last writes. What
 this gives up: a volunteer that dies is reissued (1 - share) to 1 lease after its last heartbeat
 instead of exactly 1 lease after it, and the progress stored with a lease is as of its last write.
 A heartbeat from anyone but the lease's holder, or for a lease this process does not remember
@@ -130,15 +131,14 @@ class HeartbeatGroups:
                 METRICS.heartbeat_writes.inc(sum(not isinstance(r, Exception) for r in results))
                 self.largest_group = max(self.largest_group, len(group))
                 for item, result in zip(group, results, strict=True):
+                    # (a caller that gave up, by deadline or disconnect, has its future done already)
                     if isinstance(result, Exception):
                         self.forget(item.lease_id)
+                        if not item.future.done():
+                            item.future.set_exception(result)
                     else:
                         self.remember(result)
-                    if item.future.done():  # the caller gave up (deadline, disconnect)
-                        continue
-                    if isinstance(result, Exception):
-                        item.future.set_exception(result)
-                    else:
-                        item.future.set_result(result)
+                        if not item.future.done():
+                            item.future.set_result(result)
         finally:
             self._trips -= 1

@@ -20,6 +20,7 @@ from coordinator.policy import decisions, statistics
 from coordinator.policy.decisions import Judgement, UnitRequest
 from coordinator.policy.proposer import Proposer, proposals_for
 from coordinator.policy.settings import AcceptanceSettings
+from coordinator.service.batching import REWRITE_AFTER_SHARE
 from coordinator.service.errors import PreconditionError
 from coordinator.service.policy_adapter import StoreView
 from coordinator.service.signing import SigningKeys
@@ -69,7 +70,7 @@ class SwarmConfig:
     lease_factor: float = 3.0  # lease length = factor x budget + start-up allowance
     startup_allowance_s: float = 120.0
     heartbeat_interval_s: float = 60.0
-    heartbeat_rewrite_share: float = 1.0 / 3.0  # of the lease since its last write (service/batching.py)
+    heartbeat_rewrite_share: float = REWRITE_AFTER_SHARE  # of the lease since its last write
     invite_only: bool = False
     auto_revert: bool = True
     proposer_enabled: bool = True
