@@ -16,9 +16,9 @@ Most heartbeats need no write at all. A lease's deadline is lease_duration ahead
 REWRITE_AFTER_SHARE of the lease has passed since this process last wrote it is answered from
 memory with that deadline, which is still at least (1 - share) of a lease ahead. With the default
 1,020 s lease (3 x a 300 s budget + 120 s start-up allowance), a third is 340 s: of a five-minute
-run's heartbeats, one a minute, at most the last writes. What
-this gives up: a volunteer that dies is reissued (1 - share) to 1 lease after its last heartbeat
-instead of exactly 1 lease after it, and the progress stored with a lease is as of its last write.
+run's heartbeats, one a minute, at most one writes. What this gives up: a volunteer that dies is
+reissued (1 - share) to 1 lease after its last heartbeat instead of exactly 1 lease after it, and
+the progress stored with a lease is as of its last write.
 A heartbeat from anyone but the lease's holder, or for a lease this process does not remember
 (another serving process granted it, or a restart), goes to the store as before.
 """
