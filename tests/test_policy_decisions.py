@@ -259,7 +259,14 @@ def test_extra_baselines_until_the_class_noise_is_measured():
     for i in range(3):
         v.add_volunteer(f"a{i}", f"o{i}", "gpu-a")
     reqs = decisions.plan_baselines(v, SETTINGS)
-    assert len(reqs) == SETTINGS.min_sigma_dof  # 0 runs yet: enough for min_sigma_dof dof
+    # 0 runs yet: n runs on one commit give n - 1 dof, so min_sigma_dof + 1 runs, all at once
+    # (one fewer would leave the class a run short and every decision waiting a round for it).
+    assert len(reqs) == SETTINGS.min_sigma_dof + 1
+    for r in reqs:
+        unit = v.add_unit(r.kind, r.hardware_class, r.base_commit)
+        v.add_result(unit.unit_id, "a0", RunMetrics(RunStatus.OK, val_bpb=1.0 + 0.001 * len(v.counting_results())))
+    assert not decisions.class_sigma(v, "gpu-a", SETTINGS).from_prior
+    assert decisions.plan_baselines(v, SETTINGS) == []
 
 
 def test_confirmed_on_an_old_base_is_reverified_on_the_head(view):
@@ -277,6 +284,69 @@ def test_confirmed_on_an_old_base_is_reverified_on_the_head(view):
     run(view, "a4", 0.986, h.hypothesis_id, commit="c1", kind=UnitKind.REPLICATE)
     done = decisions.judge(view, h, STRICT)
     assert done.state == HypothesisState.CONFIRMED and done.merge_onto == "c1"
+
+
+def small_swarm(volunteers: dict[str, str]) -> InMemoryView:
+    """One class, the given volunteer -> owner, baselines with sigma SIGMA on 7 dof."""
+    v = InMemoryView("c0", {"MATRIX_LR": "0.04"})
+    for vid, owner in volunteers.items():
+        v.add_volunteer(vid, owner, "gpu-a")
+    names = list(volunteers)
+    for i, d in enumerate([0.0, 0.002, -0.002, 0.0] * 2):
+        unit = v.add_unit(UnitKind.BASELINE, "gpu-a", "c0")
+        v.add_result(unit.unit_id, names[i % len(names)], RunMetrics(RunStatus.OK, val_bpb=1.0 + d))
+    return v
+
+
+def small_swarm_run(v: InMemoryView, volunteer: str, value: float, hypothesis_id: str, commit: str = "c0"):
+    unit = v.add_unit(UnitKind.REPLICATE, "gpu-a", commit, hypothesis_id)
+    return v.add_result(unit.unit_id, volunteer, RunMetrics(RunStatus.OK, val_bpb=value))
+
+
+def test_every_owner_has_run_it_the_replicate_excludes_volunteers_only():
+    v = small_swarm({"a1": "o1", "a2": "o1", "a3": "o2", "a4": "o2"})
+    h = v.add_hypothesis({"MATRIX_LR": "0.05"})
+    small_swarm_run(v, "a1", 0.998, h.hypothesis_id)
+    small_swarm_run(v, "a3", 0.998, h.hypothesis_id)  # pooled z about 1.5: another run is worth it
+    j = decisions.judge(v, h, SETTINGS)
+    assert j.state == HypothesisState.REPLICATING
+    (req,) = j.requests
+    # Excluding both owners would leave a unit nobody online can lease.
+    assert req.excluded_owners == () and req.excluded_volunteers == ("a1", "a3")
+
+
+def test_every_volunteer_has_run_it_rejected_not_left_waiting():
+    v = small_swarm({"a1": "o1", "a2": "o1", "a3": "o2", "a4": "o2"})
+    h = v.add_hypothesis({"MATRIX_LR": "0.05"})
+    for vid in ("a1", "a3", "a2", "a4"):
+        small_swarm_run(v, vid, 0.9985, h.hypothesis_id)
+    j = decisions.judge(v, h, SETTINGS)
+    assert j.state == HypothesisState.REJECTED and j.requests == ()
+    assert "every volunteer online has run it" in j.reason and j.evidence.z < SETTINGS.confirm_z
+
+
+def test_a_replicate_waiting_for_a_second_owner_waits():
+    v = small_swarm({"a1": "o1", "a2": "o1"})
+    h = v.add_hypothesis({"MATRIX_LR": "0.05"})
+    small_swarm_run(v, "a1", 0.99, h.hypothesis_id)
+    small_swarm_run(v, "a2", 0.99, h.hypothesis_id)
+    j = decisions.judge(v, h, SETTINGS)
+    assert j.state == HypothesisState.REPLICATING and not j.confirmed
+    (req,) = j.requests
+    assert req.excluded_owners == ("o1",)  # independence first: it waits for another owner
+
+
+def test_head_run_may_come_from_a_volunteer_that_ran_it_on_an_older_base():
+    v = small_swarm({"a1": "o1", "a3": "o2"})
+    h = v.add_hypothesis({"MATRIX_LR": "0.05"})
+    small_swarm_run(v, "a1", 0.990, h.hypothesis_id)
+    small_swarm_run(v, "a3", 0.990, h.hypothesis_id)
+    v.add_commit("c1", {"MATRIX_LR": "0.04", "DEPTH": "9"})
+    v.set_head("c1")
+    j = decisions.judge(v, h, STRICT)
+    assert j.state == HypothesisState.REPLICATING and "re-verifying" in j.reason
+    (req,) = j.requests
+    assert req.base_commit == "c1" and req.excluded_volunteers == () and req.excluded_owners == ()
 
 
 def test_runs_one_merge_behind_count_as_on_the_head(view):

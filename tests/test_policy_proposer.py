@@ -23,6 +23,7 @@ from coordinator.policy.proposer import (
     Proposer,
     ProposerSettings,
     SpecKind,
+    _moves,
     history_from_view,
     proposals_for,
     spec_for,
@@ -99,7 +100,18 @@ def test_settings_from_dict_and_json():
     assert s.confirm_z == 3.5 and s.min_owners == 3 and s.prior_sigma_for("cpu") == 0.05
     assert s.prior_sigma_for("h100-80g") == s.prior_sigma
     assert AcceptanceSettings.from_json(json.dumps(s.to_dict())) == s
-    assert AcceptanceSettings.from_dict({"confirm_z": 4}).confirm_z == 4.0
+    assert AcceptanceSettings.from_dict({"confirm_z": 3}).confirm_z == 3.0  # an int is coerced
+
+
+def test_settings_under_which_nothing_could_confirm_are_refused():
+    # With the noise on 3 dof, 6 runs clipped at 4 sigma against 12 baseline runs reach t = 8,
+    # z = 2.87: a new swarm would never merge anything, so no later head would add dof.
+    with pytest.raises(SettingsError, match="out of reach"):
+        AcceptanceSettings(min_sigma_dof=3)
+    with pytest.raises(SettingsError, match="out of reach"):
+        AcceptanceSettings(confirm_z=4.0)
+    assert AcceptanceSettings(confirm_z=4.0, min_sigma_dof=10).confirm_z == 4.0  # reachable again
+    assert AcceptanceSettings(min_sigma_dof=3, max_samples=12, clip_sigma=5.0).min_sigma_dof == 3
 
 
 @pytest.mark.parametrize(
@@ -191,6 +203,31 @@ def test_pattern_betas_and_batch_moves():
     assert all(b[0] == 0.8 or b[1] == 0.95 for b in values["ADAM_BETAS"])  # element-wise
     assert "DEVICE_BATCH_SIZE" not in values
     assert 0.05 in values["MATRIX_LR"] and 0.032 in values["MATRIX_LR"]
+
+
+def test_betas_step_like_rates_usual_bold_finer_and_coarser():
+    spec, settings = KNOWN_SPECS["ADAM_BETAS"], ProposerSettings()
+    usual = {(m.after, m.bold) for m in _moves("ADAM_BETAS", (0.8, 0.95), spec, settings, 0)}
+    # 1 - beta x 1/1.25 and x 1.25 (usual), x 1/1.6 and x 1.6 (bold), each element alone.
+    assert usual == {
+        ((0.84, 0.95), False), ((0.75, 0.95), False), ((0.8, 0.96), False), ((0.8, 0.9375), False),
+        ((0.875, 0.95), True), ((0.68, 0.95), True), ((0.8, 0.9688), True), ((0.8, 0.92), True),
+    }
+    finer_coarser = {m.after for m in _moves("ADAM_BETAS", (0.8, 0.95), spec, settings, 1)}
+    assert (0.8211, 0.95) in finer_coarser and (0.9219, 0.95) in finer_coarser  # sqrt(1.25), 1.6 ** 2
+    assert (0.5, 0.95) in finer_coarser  # clamped at the spec's low end
+
+
+def test_a_bold_beta_step_is_proposed_once_the_usual_one_was_measured():
+    step = (("ADAM_BETAS", (0.8, 0.95), (0.84, 0.95)),)
+    history = [MeasuredChange(step, 2.0, 1, "rejected", change_key(HEAD, list(step)))]
+    wide = Proposer(ProposerSettings(max_in_flight_per_constant=99), seed=2)
+    betas = [
+        p.constant_changes["ADAM_BETAS"]
+        for p in wide.propose(HEAD, history, 200, frozen={"DEVICE_BATCH_SIZE"})
+        if "ADAM_BETAS" in p.constant_changes
+    ]
+    assert (0.875, 0.95) in betas and (0.84, 0.95) not in betas
 
 
 def test_never_repeats_a_measured_change_or_an_open_one():

@@ -66,16 +66,23 @@ def test_policy_gain_per_run_at_low_noise(report):
 
 def test_policy_merges_joint_moves():
     """The response surface's joint moves reach the policy's head, and what lands is real."""
-    land = make_landscape(random.Random("landscape:0:1"))
-    swarm = _Swarm(land, 1e-3, 400, AcceptanceSettings(), Proposer(seed=1), random.Random("swarm:0:1:0.001"))
-    out = swarm.run()
-    merged = [h for h in swarm.view.hypotheses() if h.state == HypothesisState.MERGED]
-    joint = [h for h in merged if len(h.constant_changes) >= 2]
-    assert joint and out.false_merges == 0
-    for h in joint:
-        base = swarm.values_by_commit[h.base_commit]
-        after = {**base, **parse_constants(h.constant_changes)}
-        assert swarm_value(land, after) < swarm_value(land, base) - 1e-3  # more than one sigma better
+    merged_joint = 0
+    for index in range(3):  # about one joint move lands per landscape at 1e-3; not every one has one
+        land = make_landscape(random.Random(f"landscape:0:{index}"))
+        swarm = _Swarm(
+            land, 1e-3, 400, AcceptanceSettings(), Proposer(seed=index), random.Random(f"swarm:0:{index}:0.001")
+        )
+        out = swarm.run()
+        assert out.false_merges == 0
+        merged = [h for h in swarm.view.hypotheses() if h.state == HypothesisState.MERGED]
+        for h in merged:
+            if len(h.constant_changes) < 2:
+                continue
+            merged_joint += 1
+            base = swarm.values_by_commit[h.base_commit]
+            after = {**base, **parse_constants(h.constant_changes)}
+            assert swarm_value(land, after) < swarm_value(land, base) - 1e-3  # more than one sigma better
+    assert merged_joint >= 1
 
 
 def test_runs_are_accounted(report):
@@ -103,7 +110,7 @@ def test_cli_table_through_the_dispatcher(capsys):
 
 def test_cli_settings_file(tmp_path, capsys):
     good = tmp_path / "s.json"
-    good.write_text(json.dumps({"confirm_z": 4.0}))
+    good.write_text(json.dumps({"confirm_z": 3.5}))
     assert simulate_main(["--runs", "40", "--landscapes", "1", "--sigmas", "1e-3", "--settings", str(good)]) == 0
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"confirm": 4.0}))

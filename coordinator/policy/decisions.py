@@ -536,6 +536,14 @@ class _Context:
             return f"the head changed {', '.join(moved)} since this hypothesis's base"
         return ""
 
+    def anyone_eligible(self, classes: Sequence[str], excluded_volunteers: set[str], excluded_owners: set[str]) -> bool:
+        """Whether a volunteer online in one of `classes` may take a unit with these exclusions."""
+        return any(
+            v.volunteer_id not in excluded_volunteers and v.owner not in excluded_owners
+            for c in classes
+            for v in self.view.online_volunteers(c)
+        )
+
     def pick_class(
         self,
         classes: Sequence[str],
@@ -730,6 +738,20 @@ class _Context:
         request = self.replicate_request(h, results, evidence, head, verify=needs_head_run)
         if request is None:
             return keep(HypothesisState.QUEUED, "no active class may run it")
+        if (
+            runs >= 2
+            and len({r.owner for r in results}) >= s.min_owners
+            and not self.anyone_eligible(self.allowed_classes(h), set(request.excluded_volunteers), set())
+        ):
+            # Every volunteer online that may run it has: a replicate would wait in the queue for
+            # good, its queue room lost to new hypotheses. (A replicate that waits for a second
+            # owner to come online is different: it waits, as it should.)
+            return end(
+                HypothesisState.REJECTED,
+                f"inconclusive after {runs} runs: pooled z = {evidence.z:.2f} < {s.confirm_z}, and every "
+                "volunteer online has run it",
+                evidence,
+            )
         if runs >= 2 and not needs_head_run and s.baseline_on_demand:
             baseline = self.baseline_instead(groups, evidence, head, request)
             if baseline is not None:
@@ -872,6 +894,17 @@ class _Context:
         classes = self.allowed_classes(h)
         if not classes:
             return None
+        if len(excluded_owners) >= self.s.min_owners and not self.anyone_eligible(
+            classes, excluded_volunteers, excluded_owners
+        ):
+            # Every owner online has run it. Its runs already span min_owners owners (and the
+            # leave-one-owner-out rule still holds), so the next run only has to come from a
+            # volunteer that has not run it; excluding owners would leave a unit nobody can lease.
+            excluded_owners = set()
+        if verify and not self.anyone_eligible(classes, excluded_volunteers, excluded_owners):
+            # A head run only checks that a win measured on older bases still points the right
+            # way on the head; with every volunteer online already among its runs, anyone may.
+            excluded_volunteers = set()
         # Only classes whose head baseline exists or is on its way can judge the run.
         measured_on = {r.hardware_class for r in results}
         c = self.pick_class(classes, excluded_volunteers, excluded_owners, measured_on)
@@ -962,10 +995,13 @@ class _Context:
             target = s.baseline_replicates
             sigma = self.sigma(c)
             if sigma.from_prior:
-                # Until the class's noise is measured, its first heads get extra baseline runs.
+                # Until the class's noise is measured, its first heads get extra baseline runs:
+                # enough for min_sigma_dof dof with the other commits' runs (n runs on one commit
+                # give n - 1 dof, so a first commit needs min_sigma_dof + 1 runs, all at once).
+                other_dof = sigma.dof - max(len(fresh) - 1, 0)
                 target = max(
                     target,
-                    min(len(fresh) + s.min_sigma_dof - sigma.dof, s.baseline_replicates + s.min_sigma_dof),
+                    min(s.min_sigma_dof - other_dof + 1, s.baseline_replicates + s.min_sigma_dof),
                 )
             in_flight = sum(
                 1

@@ -464,19 +464,25 @@ def _compute_moves(name: str, value: object, spec: ConstantSpec, s: ProposerSett
             add(value * k, "up", bold=tier > 0)
         if value // k >= spec.low and value % k == 0:
             add(value // k, "down", bold=tier > 0)
+    elif spec.kind == SpecKind.BETAS and isinstance(value, tuple):
+        # Each element steps on 1 - beta like a rate: the usual and a bold step, finer and coarser
+        # ones in tier 1 (a small step on a beta is often worth only a sigma or two).
+        factors = ((s.small_factor, False), (s.large_factor, True))
+        if tier:
+            factors = ((math.sqrt(s.small_factor), False), (s.large_factor**2, True))
+        for factor, bold in factors:
+            for i, beta in enumerate(value):
+                if not isinstance(beta, float):
+                    continue
+                for shrink, label in ((1.0 / factor, "up"), (factor, "down")):
+                    new_beta = min(max(round(1.0 - (1.0 - beta) * shrink, 4), spec.low), spec.high)
+                    if not same_value(new_beta, beta):
+                        add(tuple(new_beta if j == i else b for j, b in enumerate(value)), f"{i}:{label}", bold)
     elif tier:
         return tuple(out)
     elif spec.kind == SpecKind.CHOICE and isinstance(value, str):
         for choice in spec.choices:
             add(choice, f"={choice}")
-    elif spec.kind == SpecKind.BETAS and isinstance(value, tuple):
-        for i, beta in enumerate(value):
-            if not isinstance(beta, float):
-                continue
-            for factor, label in ((1.0 / s.small_factor, "up"), (s.small_factor, "down")):
-                new_beta = min(max(round(1.0 - (1.0 - beta) * factor, 4), spec.low), spec.high)
-                if not same_value(new_beta, beta):
-                    add(tuple(new_beta if j == i else b for j, b in enumerate(value)), f"{i}:{label}")
     elif spec.kind == SpecKind.BOOL and isinstance(value, bool):
         add(not value, f"={not value}")
     return tuple(out)

@@ -172,6 +172,21 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         problems.append(f"fdr_alpha must be in [0, 1), got {s.fdr_alpha}")
     if s.queue_factor < 0:
         problems.append(f"queue_factor must be >= 0, got {s.queue_factor}")
+    if not problems:
+        # The strongest evidence a hypothesis can reach on a new swarm's first head: max_samples
+        # runs, each clipped at clip_sigma, against baseline_max baseline runs, with the class
+        # noise measured on min_sigma_dof dof. Below confirm_z nothing could ever be confirmed
+        # there, so no head would ever follow to add dof: the swarm would stall.
+        from coordinator.policy.statistics import t_to_z  # settings load before statistics
+
+        strongest_t = s.clip_sigma / math.sqrt(1.0 / s.max_samples + 1.0 / s.baseline_max)
+        strongest_z = t_to_z(strongest_t, s.min_sigma_dof)
+        if strongest_z < s.confirm_z:
+            problems.append(
+                f"confirm_z {s.confirm_z} is out of reach: {s.max_samples} runs clipped at {s.clip_sigma} sigma "
+                f"against {s.baseline_max} baseline runs, with the noise on {s.min_sigma_dof} dof, reach at most "
+                f"z = {strongest_z:.2f} (raise min_sigma_dof, clip_sigma, max_samples or baseline_max)"
+            )
     bad_priors = [k for k, v in s.prior_sigma_by_class.items() if not (isinstance(v, float | int) and v > 0)]
     if bad_priors:
         problems.append(f"prior_sigma_by_class must be > 0 for {', '.join(sorted(bad_priors))}")
