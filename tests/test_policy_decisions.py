@@ -349,6 +349,23 @@ def test_head_run_may_come_from_a_volunteer_that_ran_it_on_an_older_base():
     assert req.base_commit == "c1" and req.excluded_volunteers == () and req.excluded_owners == ()
 
 
+def test_inconclusive_says_which_rule_held_it_back():
+    v = small_swarm({f"a{i}": "o1" for i in range(6)})
+    h = v.add_hypothesis({"MATRIX_LR": "0.05"})
+    for i in range(6):
+        small_swarm_run(v, f"a{i}", 0.99, h.hypothesis_id)
+    j = decisions.judge(v, h, SETTINGS)
+    assert j.state == HypothesisState.REJECTED and j.evidence.z >= SETTINGS.confirm_z
+    # Strong numbers, one owner: the reason names the owner rule, not a z "below" the bar.
+    assert "inconclusive after 6 runs" in j.reason and "of 1 owner(s) (needs 2 of 2)" in j.reason
+    assert f"< {SETTINGS.confirm_z}" not in j.reason
+
+
+def test_z_in_reasons_is_rounded_down():
+    assert decisions._floor2(2.996) == "2.99" and decisions._floor2(-0.004) == "-0.01"
+    assert decisions._floor2(3.0) == "3.00" and decisions._floor2(float("-inf")) == "-inf"
+
+
 def test_runs_one_merge_behind_count_as_on_the_head(view):
     h = view.add_hypothesis({"MATRIX_LR": "0.05"})
     run(view, "a1", 0.990, h.hypothesis_id)

@@ -667,7 +667,7 @@ class _Context:
         if runs == 1 and evidence.z < s.discard_z and not in_flight:
             return end(
                 HypothesisState.REJECTED,
-                f"early discard: first run {evidence.delta_bpb:+.6f} bpb vs baseline, z = {evidence.z:.2f} < {s.discard_z}",
+                f"early discard: first run {evidence.delta_bpb:+.6f} bpb vs baseline, z = {_floor2(evidence.z)} < {s.discard_z}",
                 evidence,
             )
         if runs == 1 and evidence.z < s.promising_z and not in_flight:
@@ -675,7 +675,7 @@ class _Context:
             # real gains among them are worth (see README: simulator figures).
             return end(
                 HypothesisState.REJECTED,
-                f"{WEAK_REASON}: first run {evidence.delta_bpb:+.6f} bpb vs baseline, z = {evidence.z:.2f} "
+                f"{WEAK_REASON}: first run {evidence.delta_bpb:+.6f} bpb vs baseline, z = {_floor2(evidence.z)} "
                 f"< {s.promising_z}; not replicated alone",
                 evidence,
             )
@@ -707,7 +707,7 @@ class _Context:
                 return end(
                     HypothesisState.REJECTED,
                     f"not better enough: pooled z = {evidence.z:.2f} after {runs} runs, projected "
-                    f"{projected:.2f} at {s.max_samples} < {s.futility_z}",
+                    f"{_floor2(projected)} at {s.max_samples} < {s.futility_z}",
                     evidence,
                 )
             if not needs_head_run and own_runs + in_flight >= s.max_samples:
@@ -715,9 +715,8 @@ class _Context:
                     return keep(HypothesisState.REPLICATING, f"{runs} runs in, waiting for {in_flight} more")
                 return end(
                     HypothesisState.REJECTED,
-                    f"inconclusive after {own_runs} runs: pooled z = {evidence.z:.2f}"
-                    + (f" over {runs} with earlier runs of the same change" if runs != own_runs else "")
-                    + f" < {s.confirm_z}",
+                    f"inconclusive after {own_runs} runs: {verdict.removeprefix('short: ')}"
+                    + (f" (over {runs} runs with earlier runs of the same change)" if runs != own_runs else ""),
                     evidence,
                 )
         else:
@@ -748,7 +747,7 @@ class _Context:
             # owner to come online is different: it waits, as it should.)
             return end(
                 HypothesisState.REJECTED,
-                f"inconclusive after {runs} runs: pooled z = {evidence.z:.2f} < {s.confirm_z}, and every "
+                f"inconclusive after {runs} runs: pooled z = {_floor2(evidence.z)} < {s.confirm_z}, and every "
                 "volunteer online has run it",
                 evidence,
             )
@@ -780,16 +779,26 @@ class _Context:
         )
 
     def confirmation(self, groups: Sequence[SampleGroup], evidence: Evidence, head: str) -> str:
-        """'confirmed', 'verify' (holds, but needs a run on the head), 'refuted: why', or ''."""
+        """'confirmed', 'verify' (holds, but needs a run on the head), 'refuted: why', or
+        'short: why' (not yet: more runs may still confirm it)."""
         s = self.s
-        if len(evidence.volunteers) < s.min_volunteers or len(evidence.owners) < s.min_owners:
-            return ""
-        if evidence.z < s.confirm_z and not self.probably_better(evidence):
-            return ""
+        few = len(evidence.volunteers) < s.min_volunteers or len(evidence.owners) < s.min_owners
+        # (probably_better fits the effect prior: only for evidence that passes the cheap rules)
+        if evidence.z < s.confirm_z and (few or not self.probably_better(evidence)):
+            return f"short: pooled z = {_floor2(evidence.z)} < {s.confirm_z}"
+        if few:
+            return (
+                f"short: pooled z = {evidence.z:.2f}, but from {len(evidence.volunteers)} volunteer(s) of "
+                f"{len(evidence.owners)} owner(s) (needs {s.min_volunteers} of {s.min_owners})"
+            )
         for owner in sorted(evidence.owners):
             rest = pooled_evidence(without_owner(groups, owner), s.clip_sigma)
             if rest.z < s.loo_min_z:
-                return ""  # leans on one owner's numbers: needs more runs from others
+                # Leans on one owner's numbers: needs more runs from others.
+                return (
+                    f"short: pooled z = {evidence.z:.2f}, but {_floor2(rest.z)} without {owner}'s runs "
+                    f"< {s.loo_min_z}"
+                )
         recent = self.recent_heads()
         head_groups = [g for g in groups if g.base_commit in recent]
         if not head_groups:
@@ -1132,6 +1141,11 @@ class _Context:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _floor2(z: float) -> str:
+    """z to two places, rounded down: a z of 2.996 below a bar of 3 reads 2.99, not 3.00."""
+    return f"{math.floor(z * 100.0) / 100.0:.2f}" if math.isfinite(z) else str(z)
 
 
 def _sample(r: ResultRecord) -> Sample:
