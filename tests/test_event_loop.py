@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import re
 
 import pytest
@@ -134,6 +135,50 @@ def test_heartbeat_rewrite_share_out_of_range_is_refused(tmp_path, capsys):
         code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), "--heartbeat-rewrite-share", share])
         assert code == 2 and "--heartbeat-rewrite-share must be at least 0 and below 1" in capsys.readouterr().err
         assert not (tmp_path / "c").exists()
+
+
+def test_bad_policy_or_proposer_json_is_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    from coordinator.cli import coordinator_cmd
+
+    cases = [
+        ("--policy-json", "{bad", "--policy-json is not valid JSON"),
+        ("--policy-json", "[1]", "--policy-json must be a JSON object"),
+        ("--policy-json", '{"min_sigma_dof": 3}', "confirm_z 3.0 is out of reach"),
+        ("--policy-json", '{"confirm": 3}', "unknown acceptance setting(s): confirm"),
+        ("--proposer-json", '{"small_factor": 1.0}', "--proposer-json: small_factor must be > 1"),
+        ("--proposer-json", '{"steps": 2}', "unknown proposer setting(s): steps"),
+    ]
+    for flag, text, message in cases:
+        code = coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c"), flag, text])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (flag, text, err)
+        assert not (tmp_path / "c").exists()
+    monkeypatch.setenv("AUTOSWARM_PROPOSER_JSON", '{"recency": 2}')
+    assert coordinator_cmd.main(["serve", "--data-dir", str(tmp_path / "c")]) == 2
+    assert "recency must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_proposer_overrides_reach_the_core_and_the_decider_config(tmp_path):
+    import dataclasses
+
+    from coordinator.branch import GlobalBranch
+    from coordinator.server import BRANCH_DIR, initial_branch_files
+    from coordinator.service.core import CoordinatorCore, SwarmConfig
+    from coordinator.service.signing import SigningKeys
+    from coordinator.store.sqlite_store import SqliteStore
+
+    config = SwarmConfig(proposer_overrides={"small_factor": 1.35, "max_in_flight_per_constant": 3})
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        branch = GlobalBranch.open(tmp_path / BRANCH_DIR, "global", initial_branch_files())
+        core = CoordinatorCore(store, branch, SigningKeys.load_or_create(tmp_path), config)
+        assert core.proposer.settings.small_factor == 1.35
+        assert core.proposer.settings.max_in_flight_per_constant == 3
+        # The decider process rebuilds the config from JSON (decider.py): the overrides survive.
+        again = SwarmConfig(**json.loads(json.dumps(dataclasses.asdict(config), default=dict)))
+        assert dict(again.proposer_overrides) == {"small_factor": 1.35, "max_in_flight_per_constant": 3}
+    finally:
+        store.close()
 
 
 def test_a_second_coordinator_on_a_taken_port_is_refused(tmp_path):

@@ -103,6 +103,40 @@ def test_settings_from_dict_and_json():
     assert AcceptanceSettings.from_dict({"confirm_z": 3}).confirm_z == 3.0  # an int is coerced
 
 
+def test_proposer_settings_from_dict_and_json():
+    s = ProposerSettings.from_json(json.dumps({"small_factor": 1.35, "max_in_flight_per_constant": 3}))
+    assert s.small_factor == 1.35 and s.max_in_flight_per_constant == 3 and s.large_factor == 1.6
+    assert ProposerSettings.from_dict({"exploration": 0}).exploration == 0.0  # an int is coerced
+    assert ProposerSettings.from_dict({}) == ProposerSettings()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"steps": 2},
+        {"small_factor": 1.0},
+        {"large_factor": 0.5},
+        {"recency": 0.0},
+        {"recency": 1.5},
+        {"shrinkage": 0.0},
+        {"max_in_flight_per_constant": 0},
+        {"max_in_flight_per_constant": 1.5},
+        {"exploration": -1.0},
+        {"joint_moves": "yes"},
+        {"small_factor": float("nan")},
+    ],
+)
+def test_bad_proposer_settings_are_refused(values):
+    with pytest.raises(SettingsError):
+        ProposerSettings.from_dict(values)
+
+
+def test_proposer_settings_json_must_be_an_object():
+    for text in ("[1]", "{bad"):
+        with pytest.raises(SettingsError):
+            ProposerSettings.from_json(text)
+
+
 def test_settings_under_which_nothing_could_confirm_are_refused():
     # With the noise on 3 dof, 6 runs clipped at 4 sigma against 12 baseline runs reach t = 8,
     # z = 2.87: a new swarm would never merge anything, so no later head would add dof.

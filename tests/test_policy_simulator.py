@@ -119,6 +119,23 @@ def test_cli_settings_file(tmp_path, capsys):
     assert simulate_main(["--settings", str(tmp_path / "missing.json")]) == 2
 
 
+def test_cli_proposer_settings_file(tmp_path, capsys):
+    def gains(extra: list[str]) -> tuple[float, float]:
+        args = ["--runs", "120", "--landscapes", "1", "--sigmas", "1e-3", "--json", "--seed", "2"]
+        assert simulate_main(args + extra) == 0
+        (level,) = json.loads(capsys.readouterr().out)["levels"]
+        return level["policy"]["gain_bpb"], level["naive"]["gain_bpb"]
+
+    bold = tmp_path / "p.json"
+    bold.write_text(json.dumps({"small_factor": 1.5, "large_factor": 2.0}))
+    # Larger steps change what both loops propose, so their results differ from the defaults.
+    assert gains(["--proposer-settings", str(bold)]) != gains([])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"small_factor": 0.5}))
+    assert simulate_main(["--proposer-settings", str(bad)]) == 2
+    assert "small_factor must be > 1" in capsys.readouterr().err
+
+
 def test_cli_refuses_bad_numbers(capsys):
     assert simulate_main(["--runs", "5"]) == 2
     assert simulate_main(["--landscapes", "0"]) == 2

@@ -42,6 +42,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--startup-allowance-s", type=float, default=float(env("AUTOSWARM_STARTUP_ALLOWANCE_S", "120")))
     p.add_argument("--policy-json", default=env("AUTOSWARM_POLICY_JSON", ""),
                    help="acceptance settings overrides as JSON (see coordinator/policy/README.md)")
+    p.add_argument("--proposer-json", default=env("AUTOSWARM_PROPOSER_JSON", ""),
+                   help="built-in proposer settings overrides as JSON, e.g. {\"small_factor\": 1.35} "
+                   "(see coordinator/policy/README.md)")
     p.add_argument("--log-json", action="store_true", help="structured (JSON lines) logs")
     p.add_argument(
         "--decisions", choices=["process", "inline"], default=env("AUTOSWARM_DECISIONS", "process"),
@@ -199,6 +202,8 @@ def main(argv: list[str]) -> int:
         return _state_command(args)
 
     if args.command == "serve":
+        from coordinator.policy.proposer import ProposerSettings
+        from coordinator.policy.settings import AcceptanceSettings, SettingsError
         from coordinator.server import ServerOptions, serve
         from coordinator.service.core import SwarmConfig
         from coordinator.service.event_loop import EventLoopError, choose_event_loop
@@ -216,6 +221,12 @@ def main(argv: list[str]) -> int:
         if not 1 <= args.grpc_servers <= 256:
             print("autoswarm coordinator serve: --grpc-servers must be between 1 and 256", file=sys.stderr)
             return 2
+        try:
+            policy_overrides = _settings_json("--policy-json", args.policy_json, AcceptanceSettings)
+            proposer_overrides = _settings_json("--proposer-json", args.proposer_json, ProposerSettings)
+        except SettingsError as exc:
+            print(f"autoswarm coordinator serve: {exc}", file=sys.stderr)
+            return 2
         tuning = {} if args.heartbeat_rewrite_share is None else {"heartbeat_rewrite_share": args.heartbeat_rewrite_share}
         swarm = SwarmConfig(
             budget_s=args.budget_s,
@@ -226,7 +237,8 @@ def main(argv: list[str]) -> int:
             invite_only=args.invite_only,
             auto_revert=not args.no_auto_revert,
             proposer_enabled=not args.no_proposer,
-            policy_overrides=json.loads(args.policy_json) if args.policy_json else {},
+            policy_overrides=policy_overrides,
+            proposer_overrides=proposer_overrides,
             **tuning,
         )
         options = ServerOptions(
@@ -272,3 +284,23 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def _settings_json(flag: str, text: str, kind: type) -> dict[str, object]:
+    """The overrides in `text` (empty: none), checked by building `kind` from them now, so a bad
+    value stops the server before it starts with a clear message instead of a traceback."""
+    from coordinator.policy.settings import SettingsError
+
+    if not text.strip():
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{flag} is not valid JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise SettingsError(f"{flag} must be a JSON object")
+    try:
+        kind.from_dict(values)  # type: ignore[attr-defined]
+    except SettingsError as exc:
+        raise SettingsError(f"{flag}: {exc}") from exc
+    return values

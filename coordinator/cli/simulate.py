@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from coordinator.policy.proposer import ProposerSettings
 from coordinator.policy.settings import AcceptanceSettings, SettingsError
 from coordinator.policy.simulator import DEFAULT_SIGMAS, format_report, report_dict, simulate
 
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run-to-run noise levels in bpb (default: 3e-4 1e-3 3e-3 1e-2)",
     )
     p.add_argument("--settings", type=Path, help="JSON file of acceptance settings to use instead of the defaults")
+    p.add_argument(
+        "--proposer-settings", type=Path,
+        help="JSON file of built-in proposer settings (both the policy's and the naive loops' proposer)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
@@ -52,18 +57,21 @@ def main(argv: list[str]) -> int:
     if args.landscapes < 1:
         print("autoswarm simulate: --landscapes must be at least 1", file=sys.stderr)
         return 2
-    settings = AcceptanceSettings()
-    if args.settings is not None:
-        try:
+    settings, proposer_settings = AcceptanceSettings(), ProposerSettings()
+    try:
+        if args.settings is not None:
             settings = AcceptanceSettings.from_json(args.settings.read_text())
-        except OSError as exc:
-            print(f"autoswarm simulate: cannot read {args.settings}: {exc}", file=sys.stderr)
-            return 2
-        except SettingsError as exc:
-            print(f"autoswarm simulate: {args.settings}: {exc}", file=sys.stderr)
-            return 2
+        if args.proposer_settings is not None:
+            proposer_settings = ProposerSettings.from_json(args.proposer_settings.read_text())
+    except OSError as exc:
+        print(f"autoswarm simulate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"autoswarm simulate: {exc}", file=sys.stderr)
+        return 2
     report = simulate(
-        seed=args.seed, runs=args.runs, sigmas=args.sigmas, landscapes=args.landscapes, settings=settings
+        seed=args.seed, runs=args.runs, sigmas=args.sigmas, landscapes=args.landscapes, settings=settings,
+        proposer_settings=proposer_settings,
     )
     if args.json:
         print(json.dumps(report_dict(report), indent=2, sort_keys=True))

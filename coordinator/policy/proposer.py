@@ -15,9 +15,11 @@ the inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import itertools
+import json
 import math
 import random
 import zlib
@@ -35,7 +37,7 @@ from coordinator.policy.literals import (
     round_significant,
     same_value,
 )
-from coordinator.policy.settings import AcceptanceSettings
+from coordinator.policy.settings import AcceptanceSettings, SettingsError, coerce_setting
 from coordinator.policy.surface import joint_move
 from coordinator.policy.view import PolicyView
 from coordinator.store.types import Hypothesis, HypothesisState
@@ -120,6 +122,44 @@ class ProposerSettings:
     joint_min_z: float = 2.0  # ... and that prediction over its standard error
     max_open_joint: int = 1  # open multi-constant changes at once (each joint move waits for the last)
     shield_joint: bool = True  # no new single moves on the constants of an open multi-constant change
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.small_factor > 1.0:
+            problems.append(f"small_factor must be > 1, got {self.small_factor}")
+        if not self.large_factor > 1.0:
+            problems.append(f"large_factor must be > 1, got {self.large_factor}")
+        if not 0.0 < self.recency <= 1.0:
+            problems.append(f"recency must be in (0, 1], got {self.recency}")
+        if not self.shrinkage > 0.0:
+            problems.append(f"shrinkage must be > 0, got {self.shrinkage}")  # untried moves divide by it
+        if self.max_in_flight_per_constant < 1:
+            problems.append(f"max_in_flight_per_constant must be >= 1, got {self.max_in_flight_per_constant}")
+        for name in ("exploration", "queue_share", "opposite_penalty", "joint_min_gain", "joint_min_z", "max_open_joint"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> ProposerSettings:
+        """Defaults overridden by `values`; unknown keys and wrong types raise SettingsError."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown proposer setting(s): {', '.join(unknown)}")
+        defaults = cls()
+        return cls(**{name: coerce_setting(name, value, getattr(defaults, name)) for name, value in values.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ProposerSettings:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"proposer settings are not valid JSON: {exc}") from exc
+        if not isinstance(values, dict):
+            raise SettingsError("proposer settings must be a JSON object")
+        return cls.from_dict(values)
 
 
 @dataclass(frozen=True)

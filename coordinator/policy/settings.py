@@ -86,7 +86,7 @@ class AcceptanceSettings:
         converted: dict[str, object] = {}
         defaults = cls()
         for name, value in values.items():
-            converted[name] = _coerce(name, value, getattr(defaults, name))
+            converted[name] = coerce_setting(name, value, getattr(defaults, name))
         return cls(**converted)  # type: ignore[arg-type]
 
     @classmethod
@@ -108,7 +108,8 @@ class AcceptanceSettings:
         return self.from_dict({**self.to_dict(), **changes})
 
 
-def _coerce(name: str, value: object, default: object) -> object:
+def coerce_setting(name: str, value: object, default: object) -> object:
+    """`value` as the type of the setting's default, or SettingsError."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise SettingsError(f"{name} must be true or false, got {value!r}")

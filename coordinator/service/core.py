@@ -18,7 +18,7 @@ from typing import Protocol
 from coordinator import branch as branch_mod
 from coordinator.policy import decisions, statistics
 from coordinator.policy.decisions import Judgement, UnitRequest
-from coordinator.policy.proposer import Proposer, proposals_for
+from coordinator.policy.proposer import Proposer, ProposerSettings, proposals_for
 from coordinator.policy.settings import AcceptanceSettings
 from coordinator.service.batching import REWRITE_AFTER_SHARE
 from coordinator.service.errors import PreconditionError
@@ -74,7 +74,8 @@ class SwarmConfig:
     invite_only: bool = False
     auto_revert: bool = True
     proposer_enabled: bool = True
-    policy_overrides: Mapping[str, object] = field(default_factory=dict)
+    policy_overrides: Mapping[str, object] = field(default_factory=dict)  # AcceptanceSettings fields
+    proposer_overrides: Mapping[str, object] = field(default_factory=dict)  # ProposerSettings fields
 
     @property
     def lease_duration_s(self) -> float:
@@ -125,7 +126,7 @@ class CoordinatorCore:
             {"lease_factor": config.lease_factor, **dict(config.policy_overrides)}
         )
         self.view = StoreView(store, branch, self.settings.online_window_s)
-        self.proposer = Proposer(seed=0)
+        self.proposer = Proposer(ProposerSettings.from_dict(dict(config.proposer_overrides)), seed=0)
         self._last_sweep_key: object = None  # what every open judgement depends on, at the last sweep
         self._plan_lock = threading.Lock()  # one policy pass at a time
         # Called with the new head after every merge or revert (the server's branch mirror).
