@@ -335,6 +335,7 @@ class _Context:
         self._baseline: dict[tuple[str, str, bool], list[Sample]] = {}
         self._queued: dict[str, list[WorkUnit]] | None = None
         self._online: dict[str, int] | None = None
+        self._online_in: dict[str, list] = {}  # class -> its volunteers online, read once per call
         self._head_constants: dict[str, object] | None = None
         self._recent: list[str] | None = None
         self._prior: EffectPrior | None = None
@@ -449,6 +450,12 @@ class _Context:
                     self._queued[u.hardware_class].append(u)
         return self._queued.get(hardware_class, [])
 
+    def online_in(self, hardware_class: str) -> list:
+        """The class's volunteers online (read once per call: each read asks the store's clock)."""
+        if hardware_class not in self._online_in:
+            self._online_in[hardware_class] = self.view.online_volunteers(hardware_class)
+        return self._online_in[hardware_class]
+
     def online(self, hardware_class: str) -> int:
         if self._online is None:
             counts: dict[str, int] = defaultdict(int)
@@ -541,7 +548,7 @@ class _Context:
         return any(
             v.volunteer_id not in excluded_volunteers and v.owner not in excluded_owners
             for c in classes
-            for v in self.view.online_volunteers(c)
+            for v in self.online_in(c)
         )
 
     def pick_class(
@@ -559,7 +566,7 @@ class _Context:
         for c in classes:
             eligible = [
                 v
-                for v in self.view.online_volunteers(c)
+                for v in self.online_in(c)
                 if v.volunteer_id not in excluded_volunteers and v.owner not in excluded_owners
             ]
             if not eligible:
@@ -986,7 +993,7 @@ class _Context:
         return CrashDecision(True, request, None, request.reason, len(failures))
 
     def _retry_exclusions(self, hardware_class: str, failed_on: set[str]) -> tuple[str, ...]:
-        others = [v for v in self.view.online_volunteers(hardware_class) if v.volunteer_id not in failed_on]
+        others = [v for v in self.online_in(hardware_class) if v.volunteer_id not in failed_on]
         return tuple(sorted(failed_on)) if others else ()
 
     # -- scheduling -------------------------------------------------------------------------------
