@@ -141,8 +141,8 @@ def test_bad_policy_or_proposer_json_is_refused_before_anything_starts(tmp_path,
     from coordinator.cli import coordinator_cmd
 
     cases = [
-        ("--policy-json", "{bad", "--policy-json is not valid JSON"),
-        ("--policy-json", "[1]", "--policy-json must be a JSON object"),
+        ("--policy-json", "{bad", "--policy-json: not valid JSON"),
+        ("--policy-json", "[1]", "--policy-json: must be a JSON object"),
         ("--policy-json", '{"min_sigma_dof": 3}', "confirm_z 3.0 is out of reach"),
         ("--policy-json", '{"confirm": 3}', "unknown acceptance setting(s): confirm"),
         ("--proposer-json", '{"small_factor": 1.0}', "--proposer-json: small_factor must be > 1"),

@@ -191,6 +191,21 @@ def _state_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_json(flag: str, text: str, kind: type) -> dict[str, object]:
+    """The overrides in `text` (empty: none), checked by building `kind` from them now, so a bad
+    value stops the server before it starts with a clear message instead of a traceback."""
+    from coordinator.policy.settings import SettingsError, overrides_from_json
+
+    if not text.strip():
+        return {}
+    values = overrides_from_json(text, flag)
+    try:
+        kind.from_dict(values)  # type: ignore[attr-defined]
+    except SettingsError as exc:
+        raise SettingsError(f"{flag}: {exc}") from exc
+    return values
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="autoswarm coordinator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,23 +299,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-def _settings_json(flag: str, text: str, kind: type) -> dict[str, object]:
-    """The overrides in `text` (empty: none), checked by building `kind` from them now, so a bad
-    value stops the server before it starts with a clear message instead of a traceback."""
-    from coordinator.policy.settings import SettingsError
-
-    if not text.strip():
-        return {}
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"{flag} is not valid JSON: {exc}") from exc
-    if not isinstance(values, dict):
-        raise SettingsError(f"{flag} must be a JSON object")
-    try:
-        kind.from_dict(values)  # type: ignore[attr-defined]
-    except SettingsError as exc:
-        raise SettingsError(f"{flag}: {exc}") from exc
-    return values

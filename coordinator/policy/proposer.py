@@ -15,17 +15,16 @@ the inputs.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import itertools
-import json
 import math
 import random
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from coordinator.policy.literals import (
     Value,
@@ -37,7 +36,7 @@ from coordinator.policy.literals import (
     round_significant,
     same_value,
 )
-from coordinator.policy.settings import AcceptanceSettings, SettingsError, coerce_setting
+from coordinator.policy.settings import AcceptanceSettings, SettingsError, SettingsFromJson
 from coordinator.policy.surface import joint_move
 from coordinator.policy.view import PolicyView
 from coordinator.store.types import Hypothesis, HypothesisState
@@ -107,7 +106,9 @@ HISTORY_WINDOW = 500  # newest measured changes that feed the direction estimate
 
 
 @dataclass(frozen=True)
-class ProposerSettings:
+class ProposerSettings(SettingsFromJson):
+    SETTINGS_NAME: ClassVar[str] = "proposer"
+
     small_factor: float = 1.25  # multiplicative step for rates and ratios
     large_factor: float = 1.6  # bold step, preferred only where a direction is known to help
     exploration: float = 1.0  # width of the Thompson draw (0: greedy on the estimates)
@@ -140,26 +141,6 @@ class ProposerSettings:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if problems:
             raise SettingsError("; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, object]) -> ProposerSettings:
-        """Defaults overridden by `values`; unknown keys and wrong types raise SettingsError."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise SettingsError(f"unknown proposer setting(s): {', '.join(unknown)}")
-        defaults = cls()
-        return cls(**{name: coerce_setting(name, value, getattr(defaults, name)) for name, value in values.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> ProposerSettings:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f"proposer settings are not valid JSON: {exc}") from exc
-        if not isinstance(values, dict):
-            raise SettingsError("proposer settings must be a JSON object")
-        return cls.from_dict(values)
 
 
 @dataclass(frozen=True)

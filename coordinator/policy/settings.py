@@ -8,14 +8,35 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar, Self, TypeVar
 
 
 class SettingsError(ValueError):
     """A settings dict or JSON document names an unknown field or holds a bad value."""
 
 
+_S = TypeVar("_S")
+
+
+class SettingsFromJson:
+    """from_dict / from_json for a settings dataclass: its defaults overridden by a dict or a
+    JSON object; unknown names, wrong types and bad values raise SettingsError."""
+
+    SETTINGS_NAME: ClassVar[str] = "settings"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> Self:
+        return build_settings(cls, values, cls.SETTINGS_NAME)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(overrides_from_json(text, f"{cls.SETTINGS_NAME} settings"))
+
+
 @dataclass(frozen=True)
-class AcceptanceSettings:
+class AcceptanceSettings(SettingsFromJson):
+    SETTINGS_NAME: ClassVar[str] = "acceptance"
+
     # -- baselines and class noise ---------------------------------------------------------------
     baseline_replicates: int = 3  # baseline runs each active class gets on each new head
     baseline_max: int = 12  # at most this many baseline runs per class and head
@@ -76,29 +97,6 @@ class AcceptanceSettings:
     def prior_sigma_for(self, hardware_class: str) -> float:
         return float(self.prior_sigma_by_class.get(hardware_class, self.prior_sigma))
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, object]) -> AcceptanceSettings:
-        """Defaults overridden by `values`; unknown keys and wrong types raise SettingsError."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise SettingsError(f"unknown acceptance setting(s): {', '.join(unknown)}")
-        converted: dict[str, object] = {}
-        defaults = cls()
-        for name, value in values.items():
-            converted[name] = coerce_setting(name, value, getattr(defaults, name))
-        return cls(**converted)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_json(cls, text: str) -> AcceptanceSettings:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f"acceptance settings are not valid JSON: {exc}") from exc
-        if not isinstance(values, dict):
-            raise SettingsError("acceptance settings must be a JSON object")
-        return cls.from_dict(values)
-
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
         out["prior_sigma_by_class"] = dict(self.prior_sigma_by_class)
@@ -106,6 +104,28 @@ class AcceptanceSettings:
 
     def replace(self, **changes: object) -> AcceptanceSettings:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def overrides_from_json(text: str, what: str) -> dict[str, object]:
+    """The JSON object in `text`, or SettingsError naming `what`."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{what}: not valid JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise SettingsError(f"{what}: must be a JSON object")
+    return values
+
+
+def build_settings(cls: type[_S], values: Mapping[str, object], what: str) -> _S:
+    """A settings dataclass with its defaults overridden by `values`, each converted to the type
+    of its default; unknown names, wrong types and (in the class's checks) bad values raise."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SettingsError(f"unknown {what} setting(s): {', '.join(unknown)}")
+    defaults = cls()
+    return cls(**{name: coerce_setting(name, value, getattr(defaults, name)) for name, value in values.items()})
 
 
 def coerce_setting(name: str, value: object, default: object) -> object:
