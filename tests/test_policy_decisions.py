@@ -322,7 +322,8 @@ def test_every_volunteer_has_run_it_rejected_not_left_waiting():
         small_swarm_run(v, vid, 0.9985, h.hypothesis_id)
     j = decisions.judge(v, h, SETTINGS)
     assert j.state == HypothesisState.REJECTED and j.requests == ()
-    assert "every volunteer online has run it" in j.reason and j.evidence.z < SETTINGS.confirm_z
+    assert "every volunteer online that may run it has" in j.reason and j.evidence.z < SETTINGS.confirm_z
+    assert f"pooled z = {decisions._floor2(j.evidence.z)} < {SETTINGS.confirm_z}" in j.reason
 
 
 def test_a_replicate_waiting_for_a_second_owner_waits():

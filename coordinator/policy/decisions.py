@@ -754,8 +754,8 @@ class _Context:
             # owner to come online is different: it waits, as it should.)
             return end(
                 HypothesisState.REJECTED,
-                f"inconclusive after {runs} runs: pooled z = {_floor2(evidence.z)} < {s.confirm_z}, and every "
-                "volunteer online has run it",
+                f"inconclusive after {runs} runs: {verdict.removeprefix('short: ')}; every volunteer online "
+                "that may run it has",
                 evidence,
             )
         if runs >= 2 and not needs_head_run and s.baseline_on_demand:
