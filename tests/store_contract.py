@@ -936,6 +936,8 @@ class StoreContract(SnapshotContract):
             store.cancel_units("no-such-hypothesis")
         assert len(store.list_units(hardware_class="cpu")) == 3
         assert store.list_units(hardware_class="mps") == []
+        queued = store.list_units(state=UnitState.QUEUED, hardware_class="cpu")
+        assert store.count_queued("cpu") == len(queued) == 1 and store.count_queued("mps") == 0
 
     @requires("units", "leases")
     def test_cancel_one_queued_unit(self, store: Store) -> None:
@@ -945,7 +947,9 @@ class StoreContract(SnapshotContract):
         assert leased.unit_id == first.unit_id
         assert store.cancel_unit(first.unit_id) is False  # leased: it finishes
         assert store.get_unit(first.unit_id).state == UnitState.LEASED
+        assert store.count_queued("cpu") == 1  # the leased one no longer counts
         assert store.cancel_unit(second.unit_id) is True
+        assert store.count_queued("cpu") == 0
         assert store.cancel_unit(second.unit_id) is False  # already cancelled: nothing changes
         assert store.get_unit(second.unit_id).state == UnitState.CANCELLED
         assert store.lease_unit(volunteer.principal_id, "alice", "cpu", LONG_LEASE_S) is None

@@ -333,9 +333,10 @@ class _Context:
         self.s = settings
         self._sigma: dict[str, SigmaEstimate] = {}
         self._baseline: dict[tuple[str, str, bool], list[Sample]] = {}
-        self._queued: dict[str, list[WorkUnit]] | None = None
+        self._queued: dict[str, int] = {}  # class -> how many units it has queued
         self._online: dict[str, int] | None = None
         self._online_in: dict[str, list] = {}  # class -> its volunteers online, read once per call
+        self._allowed: dict[str, list[str]] = {}  # hypothesis -> classes it may run on
         self._head_constants: dict[str, object] | None = None
         self._recent: list[str] | None = None
         self._prior: EffectPrior | None = None
@@ -442,13 +443,11 @@ class _Context:
 
     # -- queue and classes ------------------------------------------------------------------------
 
-    def queued(self, hardware_class: str) -> list[WorkUnit]:
-        if self._queued is None:
-            self._queued = defaultdict(list)
-            for u in self.view.pending_units():
-                if u.state == UnitState.QUEUED:
-                    self._queued[u.hardware_class].append(u)
-        return self._queued.get(hardware_class, [])
+    def queued(self, hardware_class: str) -> int:
+        """How many units of the class are queued (read once per call)."""
+        if hardware_class not in self._queued:
+            self._queued[hardware_class] = self.view.queued_count(hardware_class)
+        return self._queued[hardware_class]
 
     def online_in(self, hardware_class: str) -> list:
         """The class's volunteers online (read once per call: each read asks the store's clock)."""
@@ -465,6 +464,11 @@ class _Context:
         return self._online.get(hardware_class, 0)
 
     def allowed_classes(self, hypothesis: Hypothesis) -> list[str]:
+        if hypothesis.hypothesis_id not in self._allowed:
+            self._allowed[hypothesis.hypothesis_id] = self._allowed_classes(hypothesis)
+        return self._allowed[hypothesis.hypothesis_id]
+
+    def _allowed_classes(self, hypothesis: Hypothesis) -> list[str]:
         changed = set(hypothesis.constant_changes)
         out = []
         for c in self.view.active_classes():
@@ -572,7 +576,7 @@ class _Context:
             if not eligible:
                 continue
             information = 1.0 / self.sigma(c).sigma ** 2
-            load = 1.0 + len(self.queued(c)) / len(eligible)
+            load = 1.0 + self.queued(c) / len(eligible)
             score = information / load * (1.0 if c in measured_on else 2.0)
             if score > best_score or (score == best_score and c < best):
                 best, best_score = c, score
@@ -1047,7 +1051,7 @@ class _Context:
     def plan_candidates(self) -> list[UnitRequest]:
         head = self.view.head_commit()
         room = {
-            c: math.ceil(self.s.queue_factor * self.online(c)) - len(self.queued(c))
+            c: math.ceil(self.s.queue_factor * self.online(c)) - self.queued(c)
             for c in self.view.active_classes()
         }
         if not any(v > 0 for v in room.values()):

@@ -65,6 +65,11 @@ class PolicyView(Protocol):
         """Units queued or leased (not done, not cancelled)."""
         ...
 
+    def queued_count(self, hardware_class: str) -> int:
+        """How many units of the class are queued, not yet leased (the queue holds about one
+        unit per volunteer online: counted by the store, not read)."""
+        ...
+
     def hypotheses(self, states: Iterable[HypothesisState] = ()) -> list[Hypothesis]:
         """Hypotheses in any of `states` (all when empty), oldest first."""
         ...
@@ -286,6 +291,9 @@ class InMemoryView:
 
     def queued_units(self, hardware_class: str = "") -> list[WorkUnit]:
         return [u for u in self.pending_units(hardware_class=hardware_class) if u.state == UnitState.QUEUED]
+
+    def queued_count(self, hardware_class: str) -> int:
+        return len(self.queued_units(hardware_class))
 
     def add_result(
         self,

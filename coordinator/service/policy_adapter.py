@@ -39,10 +39,11 @@ class StoreView:
         self.online_window_s = online_window_s
         self._merges: tuple[str, float, list[MergeRecord]] = ("", 0.0, [])  # (head, when read, merges)
         self._principals_at = 0.0
-        self._principals: list = []
+        self._online_snapshot: tuple[list[VolunteerInfo], dict[str, list[VolunteerInfo]]] = ([], {})
         self._snapshot = threading.local()  # pending units and "results read" during one pass, per thread
         self._results = _Results()  # every counting result, in report order, indexed
         self._results_lock = threading.Lock()
+        self._profiles: tuple[str, str] = ("", "")  # (commit, its profiles.json): a commit never changes
 
     @contextmanager
     def pass_snapshot(self) -> Iterator[None]:
@@ -107,12 +108,25 @@ class StoreView:
                 records = records[ids.index(last) + 1 :] if last and last in ids else []
             self._results.extend(_slim(r) for r in records)
 
-    def _volunteers(self) -> list:
+    def _online(self) -> tuple[list[VolunteerInfo], dict[str, list[VolunteerInfo]]]:
+        """Volunteers online, all and by class, from a snapshot at most PRINCIPAL_SNAPSHOT_TTL_S
+        old: a decision asks several times per hypothesis, and filtering every registered
+        volunteer (and asking the store's clock) each time cost milliseconds at 2,000 of them."""
         now = time.monotonic()
         if now - self._principals_at > PRINCIPAL_SNAPSHOT_TTL_S:
-            self._principals = self.store.list_principals(role=Role.VOLUNTEER)
+            principals = self.store.list_principals(role=Role.VOLUNTEER)
+            store_now = self.store.now()
+            everyone: list[VolunteerInfo] = []
+            by_class: dict[str, list[VolunteerInfo]] = {}
+            for p in principals:
+                if p.revoked or store_now - p.last_seen_s > self.online_window_s:
+                    continue
+                info = VolunteerInfo(p.principal_id, p.owner, p.hardware_class)
+                everyone.append(info)
+                by_class.setdefault(p.hardware_class, []).append(info)
+            self._online_snapshot = (everyone, by_class)
             self._principals_at = now
-        return self._principals
+        return self._online_snapshot
 
     def forget_merges(self) -> None:
         """A merge record was written or marked reverted here."""
@@ -126,17 +140,11 @@ class StoreView:
         return self.branch.head()
 
     def active_classes(self) -> list[str]:
-        return sorted({v.hardware_class for v in self.online_volunteers()})
+        return sorted(self._online()[1])
 
     def online_volunteers(self, hardware_class: str = "") -> list[VolunteerInfo]:
-        now = self.store.now()
-        return [
-            VolunteerInfo(p.principal_id, p.owner, p.hardware_class)
-            for p in self._volunteers()
-            if not p.revoked
-            and now - p.last_seen_s <= self.online_window_s
-            and (not hardware_class or p.hardware_class == hardware_class)
-        ]
+        everyone, by_class = self._online()
+        return list(by_class.get(hardware_class, ()) if hardware_class else everyone)
 
     def counting_results(
         self,
@@ -157,11 +165,22 @@ class StoreView:
             ]
         return self._read_pending(hypothesis_id, hardware_class)
 
+    def queued_count(self, hardware_class: str) -> int:
+        pending = getattr(self._snapshot, "pending", None)
+        if pending is not None:
+            return sum(1 for u in pending if u.state == UnitState.QUEUED and u.hardware_class == hardware_class)
+        return self.store.count_queued(hardware_class)
+
     def hypotheses(self, states: Iterable[HypothesisState] = ()) -> list[Hypothesis]:
         return self.store.list_hypotheses(states=list(states), limit=100_000)
 
     def pinned_constants(self, hardware_class: str) -> set[str]:
-        return set(_pinned(self.branch.read_file(self.head_commit(), "profiles.json"), hardware_class))
+        head = self.head_commit()
+        commit, text = self._profiles
+        if commit != head:  # read from git once per head, not once per call (a few git processes)
+            text = self.branch.read_file(head, "profiles.json")
+            self._profiles = (head, text)
+        return set(_pinned(text, hardware_class))
 
     def merges_current(self) -> bool:
         """The merge list merge_for would use is fresh (no store read needed)."""

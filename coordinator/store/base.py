@@ -213,6 +213,11 @@ class Store(abc.ABC):
         self, hypothesis_id: str = "", state: UnitState | None = None, hardware_class: str = ""
     ) -> list[WorkUnit]: ...
 
+    def count_queued(self, hardware_class: str) -> int:
+        """Queued units of one class: what a scheduler balancing classes needs, without reading a
+        queue that holds one unit per volunteer online. This default reads them; backends count."""
+        return len(self.list_units(state=UnitState.QUEUED, hardware_class=hardware_class))
+
     @abc.abstractmethod
     def cancel_units(self, hypothesis_id: str) -> int:
         """Cancel the queued units of a hypothesis (leased ones finish). Returns how many."""

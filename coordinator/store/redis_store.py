@@ -1071,6 +1071,13 @@ class RedisStore(Store):
         ]
         return self._units(rows)
 
+    def count_queued(self, hardware_class: str) -> int:
+        # A queued unit sits in exactly one queue zset, the one of its kind rank and class.
+        pipe = self._redis.pipeline(transaction=False)
+        for rank in sorted(set(UNIT_KIND_RANK.values())):
+            pipe.zcard(self.keys.key(keys.QUEUE, str(rank), hardware_class))
+        return sum(int(n) for n in pipe.execute())
+
     def cancel_units(self, hypothesis_id: str) -> int:
         return int(self._run("cancel_units", hypothesis_id))
 

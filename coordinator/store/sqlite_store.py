@@ -642,6 +642,13 @@ class SqliteStore(Store):
             rows = conn.execute(f"SELECT * FROM units{where} ORDER BY seq", params).fetchall()
             return self._units_with_code(conn, rows)
 
+    def count_queued(self, hardware_class: str) -> int:
+        with self._transaction(write=False) as conn:  # the units_queue index covers it
+            row = conn.execute(
+                "SELECT COUNT(*) FROM units WHERE hardware_class = ? AND state = 'queued'", (hardware_class,)
+            ).fetchone()
+            return int(row[0])
+
     def cancel_units(self, hypothesis_id: str) -> int:
         with self._transaction(write=True) as conn:
             self._hypothesis(conn, hypothesis_id)
