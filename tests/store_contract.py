@@ -948,8 +948,14 @@ class StoreContract(SnapshotContract):
         assert store.cancel_unit(first.unit_id) is False  # leased: it finishes
         assert store.get_unit(first.unit_id).state == UnitState.LEASED
         assert store.count_queued("cpu") == 1  # the leased one no longer counts
+        # Both pending (one leased, one queued), both baseline units of "cpu" on one commit.
+        assert store.count_pending_units(UnitKind.BASELINE, "cpu", first.base_commit) == 2
+        assert store.count_pending_units(UnitKind.CANDIDATE, "cpu", first.base_commit) == 0
+        assert store.count_pending_units(UnitKind.BASELINE, "mps", first.base_commit) == 0
+        assert store.count_pending_units(UnitKind.BASELINE, "cpu", "another-commit") == 0
         assert store.cancel_unit(second.unit_id) is True
         assert store.count_queued("cpu") == 0
+        assert store.count_pending_units(UnitKind.BASELINE, "cpu", first.base_commit) == 1  # the leased one
         assert store.cancel_unit(second.unit_id) is False  # already cancelled: nothing changes
         assert store.get_unit(second.unit_id).state == UnitState.CANCELLED
         assert store.lease_unit(volunteer.principal_id, "alice", "cpu", LONG_LEASE_S) is None

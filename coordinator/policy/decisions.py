@@ -735,13 +735,7 @@ class _Context:
 
         if runs >= 2 and not needs_head_run and s.baseline_on_demand:
             # Its head runs are judged against baselines still being measured: wait for them.
-            in_flight += sum(
-                1
-                for g in groups
-                if g.base_commit == head
-                for u in self.view.pending_units(hardware_class=g.hardware_class)
-                if u.kind == UnitKind.BASELINE and u.base_commit == head
-            )
+            in_flight += sum(self.view.pending_baselines(g.hardware_class, head) for g in groups if g.base_commit == head)
         if in_flight:
             state = HypothesisState.PROMISING if runs == 1 else HypothesisState.REPLICATING
             return keep(state, f"{runs} run(s) in, z = {evidence.z:.2f}; waiting for {in_flight} more")

@@ -70,6 +70,10 @@ class PolicyView(Protocol):
         unit per volunteer online: counted by the store, not read)."""
         ...
 
+    def pending_baselines(self, hardware_class: str, commit: str) -> int:
+        """Baseline units of the class on `commit` queued or leased (counted by the store)."""
+        ...
+
     def hypotheses(self, states: Iterable[HypothesisState] = ()) -> list[Hypothesis]:
         """Hypotheses in any of `states` (all when empty), oldest first."""
         ...
@@ -294,6 +298,13 @@ class InMemoryView:
 
     def queued_count(self, hardware_class: str) -> int:
         return len(self.queued_units(hardware_class))
+
+    def pending_baselines(self, hardware_class: str, commit: str) -> int:
+        return sum(
+            1
+            for u in self.pending_units(hardware_class=hardware_class)
+            if u.kind == UnitKind.BASELINE and u.base_commit == commit
+        )
 
     def add_result(
         self,

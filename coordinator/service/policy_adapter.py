@@ -171,6 +171,15 @@ class StoreView:
             return sum(1 for u in pending if u.state == UnitState.QUEUED and u.hardware_class == hardware_class)
         return self.store.count_queued(hardware_class)
 
+    def pending_baselines(self, hardware_class: str, commit: str) -> int:
+        pending = getattr(self._snapshot, "pending", None)
+        if pending is not None:
+            return sum(
+                1 for u in pending
+                if u.kind == UnitKind.BASELINE and u.hardware_class == hardware_class and u.base_commit == commit
+            )
+        return self.store.count_pending_units(UnitKind.BASELINE, hardware_class, commit)
+
     def hypotheses(self, states: Iterable[HypothesisState] = ()) -> list[Hypothesis]:
         return self.store.list_hypotheses(states=list(states), limit=100_000)
 

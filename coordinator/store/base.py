@@ -213,6 +213,16 @@ class Store(abc.ABC):
         self, hypothesis_id: str = "", state: UnitState | None = None, hardware_class: str = ""
     ) -> list[WorkUnit]: ...
 
+    def count_pending_units(self, kind: UnitKind, hardware_class: str, base_commit: str) -> int:
+        """Units queued or leased of one kind, class and base commit (a hypothesis waits for the
+        baseline runs on its head). This default reads them; backends count."""
+        return sum(
+            1
+            for state in (UnitState.QUEUED, UnitState.LEASED)
+            for u in self.list_units(state=state, hardware_class=hardware_class)
+            if u.kind == kind and u.base_commit == base_commit
+        )
+
     def count_queued(self, hardware_class: str) -> int:
         """Queued units of one class: what a scheduler balancing classes needs, without reading a
         queue that holds one unit per volunteer online. This default reads them; backends count."""

@@ -84,6 +84,7 @@ from coordinator.store.types import (
     ResultRecord,
     Role,
     RunMetrics,
+    UnitKind,
     UnitState,
     WorkUnit,
 )
@@ -376,6 +377,18 @@ for _, uid in ipairs(redis.call('ZRANGE', key_units_by_hypothesis(hid), 0, -1)) 
   end
 end
 return cancelled
+""",
+    # ARGV: kind, class, base commit. Units queued or leased matching all three: read here, so a
+    # caller gets one number instead of every pending unit (about two per volunteer online).
+    "count_pending_units": r"""
+local n = 0
+for _, state in ipairs({'queued', 'leased'}) do
+  for _, uid in ipairs(redis.call('ZRANGE', key_units_by_state(state), 0, -1)) do
+    local f = redis.call('HMGET', key_unit(uid), 'kind', 'hardware_class', 'base_commit')
+    if f[1] == ARGV[2] and f[2] == ARGV[3] and f[3] == ARGV[4] then n = n + 1 end
+  end
+end
+return n
 """,
     # ARGV: unit id. Returns 1 when cancelled, 0 when it was no longer queued.
     "cancel_unit": r"""
@@ -1077,6 +1090,10 @@ class RedisStore(Store):
         for rank in sorted(set(UNIT_KIND_RANK.values())):
             pipe.zcard(self.keys.key(keys.QUEUE, str(rank), hardware_class))
         return sum(int(n) for n in pipe.execute())
+
+    def count_pending_units(self, kind: UnitKind, hardware_class: str, base_commit: str) -> int:
+        kind = check_enum(UnitKind, "kind", kind)
+        return int(self._run("count_pending_units", kind.value, hardware_class, base_commit))
 
     def cancel_units(self, hypothesis_id: str) -> int:
         return int(self._run("cancel_units", hypothesis_id))

@@ -649,6 +649,16 @@ class SqliteStore(Store):
             ).fetchone()
             return int(row[0])
 
+    def count_pending_units(self, kind: UnitKind, hardware_class: str, base_commit: str) -> int:
+        kind = check_enum(UnitKind, "kind", kind)
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM units WHERE hardware_class = ? AND state IN ('queued', 'leased') "
+                "AND kind = ? AND base_commit = ?",
+                (hardware_class, kind.value, base_commit),
+            ).fetchone()
+            return int(row[0])
+
     def cancel_units(self, hypothesis_id: str) -> int:
         with self._transaction(write=True) as conn:
             self._hypothesis(conn, hypothesis_id)
