@@ -939,6 +939,29 @@ class StoreContract(SnapshotContract):
         queued = store.list_units(state=UnitState.QUEUED, hardware_class="cpu")
         assert store.count_queued("cpu") == len(queued) == 1 and store.count_queued("mps") == 0
 
+    @requires("hypotheses", "units", "leases", "results")
+    def test_pending_count_follows_every_state_change(self, store: Store) -> None:
+        def pending() -> int:
+            return store.count_pending_units(UnitKind.BASELINE, "cpu", "c0ffee")
+
+        first, second = store.enqueue_unit(make_unit()), store.enqueue_unit(make_unit())
+        store.enqueue_unit(make_unit(base_commit="other"))  # another head: not counted
+        assert pending() == 2
+        volunteer = add_volunteer(store)
+        _, lease = self.lease(store, volunteer)
+        assert pending() == 2  # leased still pending
+        self.report(store, volunteer, lease.lease_id)
+        assert pending() == 1  # done
+        assert store.cancel_unit(second.unit_id) and pending() == 0
+        store.requeue_unit(first.unit_id)
+        assert pending() == 1
+        assert pending() == sum(
+            1
+            for state in (UnitState.QUEUED, UnitState.LEASED)
+            for u in store.list_units(state=state, hardware_class="cpu")
+            if u.kind == UnitKind.BASELINE and u.base_commit == "c0ffee"
+        )
+
     @requires("units", "leases")
     def test_cancel_one_queued_unit(self, store: Store) -> None:
         first, second = store.enqueue_unit(make_unit()), store.enqueue_unit(make_unit())

@@ -192,3 +192,28 @@ def test_long_listings_are_read_in_short_scripts(redis_store: RedisStore, monkey
     both = redis_store.list_hypotheses([HypothesisState.QUEUED, HypothesisState.LEASED], limit=1000)
     assert [h.hypothesis_id for h in both] == added  # merged across the two state indexes, in order
     assert [h.hypothesis_id for h in redis_store.list_hypotheses(limit=12)] == added[:12]
+
+
+def test_pending_index_is_built_on_the_first_count_after_an_upgrade(redis_server: str) -> None:
+    """Stores written before the units-pending index existed: the first count builds it from
+    units-by-state, and later state changes keep it."""
+    from coordinator.store.redis_store import PENDING_INDEX_FLAG
+    from coordinator.store.types import UnitKind
+
+    prefix = f"upgrade-{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(f"{redis_server}/0?prefix={prefix}")
+    raw = redis.Redis.from_url(redis_server, decode_responses=True)
+    try:
+        units = [store.enqueue_unit(make_unit()) for _ in range(3)]
+        # As an older version left it: no index keys, no flag.
+        raw.delete(store.keys.key(redis_keys.UNITS_PENDING, "baseline", "cpu", "c0ffee"))
+        raw.hdel(store.keys.key(redis_keys.META), PENDING_INDEX_FLAG)
+        assert store.count_pending_units(UnitKind.BASELINE, "cpu", "c0ffee") == 3
+        assert raw.hget(store.keys.key(redis_keys.META), PENDING_INDEX_FLAG) == "1"
+        store.cancel_unit(units[0].unit_id)
+        assert store.count_pending_units(UnitKind.BASELINE, "cpu", "c0ffee") == 2
+    finally:
+        store.delete_everything()
+        store.close()
+        raw.close()
+

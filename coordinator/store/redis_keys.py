@@ -37,6 +37,11 @@ UNIT = "unit:{}"  # hash: one work unit (plus kind_rank); code as train_py_sha25
 UNITS = "units"  # zset: unit id, score seq
 UNITS_BY_HYPOTHESIS = "units-by-hypothesis:{}"  # zset: unit id of one hypothesis, score seq
 UNITS_BY_STATE = "units-by-state:{}"  # zset: unit id in one state, score seq
+# zset per (kind, class, base commit) of the units queued or leased, score seq: a count of the
+# baseline runs still coming for a head without reading every pending unit. Built from
+# units-by-state by the first count after an upgrade (meta PENDING_INDEX_FLAG), kept by every
+# state change after that.
+UNITS_PENDING = "units-pending:{}:{}:{}"
 # string: one code text (train.py or profiles.json), keyed by its sha256 hex; written once (SET NX)
 # by the script that enqueues the first unit naming it, shared by every such unit, never changed.
 BLOB = "blob:{}"

@@ -100,6 +100,7 @@ PAGE_CHUNK = 200  # records per page script: each script blocks Redis while it r
 RECONNECT_RETRIES = 3  # a command that met a broken connection is sent again this often...
 RECONNECT_BACKOFF_S = 0.05  # ...after 50 ms, doubling...
 RECONNECT_BACKOFF_CAP_S = 0.5  # ...up to half a second between tries
+PENDING_INDEX_FLAG = "units-pending-indexed"  # meta field: UNITS_PENDING is built (see redis_keys)
 BLOB_CACHE_ENTRIES = 256  # code texts kept in process (~40 KB each); the cache restarts when full
 # Fields written once with their record and never changed, and large (code, logs): a snapshot reads
 # them after its one-moment script, in batches, so that script's reply stays small.
@@ -155,10 +156,15 @@ local function hset_all(key, f)
 end
 local function next_seq() return redis.call('INCR', KEY_SEQUENCE) end
 local function queue_member(unit_id, seq) return string.format('%016d', tonumber(seq)) .. ':' .. unit_id end
+local function is_pending(state) return state == 'queued' or state == 'leased' end
 local function set_unit_state(unit_id, unit, new_state)
   if unit.state == new_state then return end
   redis.call('ZREM', key_units_by_state(unit.state), unit_id)
   redis.call('ZADD', key_units_by_state(new_state), unit.seq, unit_id)
+  if is_pending(unit.state) ~= is_pending(new_state) then
+    local pending = key_units_pending(unit.kind, unit.hardware_class, unit.base_commit)
+    if is_pending(new_state) then redis.call('ZADD', pending, unit.seq, unit_id) else redis.call('ZREM', pending, unit_id) end
+  end
   local queue = key_queue(unit.kind_rank, unit.hardware_class)
   if unit.state == 'queued' then redis.call('ZREM', queue, queue_member(unit_id, unit.seq)) end
   if new_state == 'queued' then
@@ -361,6 +367,7 @@ hset_all(key_unit(f.unit_id), f)
 redis.call('ZADD', KEY_UNITS, seq, f.unit_id)
 if f.hypothesis_id ~= '' then redis.call('ZADD', key_units_by_hypothesis(f.hypothesis_id), seq, f.unit_id) end
 redis.call('ZADD', key_units_by_state('queued'), seq, f.unit_id)
+redis.call('ZADD', key_units_pending(f.kind, f.hardware_class, f.base_commit), seq, f.unit_id)
 redis.call('ZADD', key_queue(f.kind_rank, f.hardware_class), fmt(-tonumber(f.priority)), queue_member(f.unit_id, seq))
 return redis.call('HGETALL', key_unit(f.unit_id))
 """,
@@ -381,14 +388,18 @@ return cancelled
     # ARGV: kind, class, base commit. Units queued or leased matching all three: read here, so a
     # caller gets one number instead of every pending unit (about two per volunteer online).
     "count_pending_units": r"""
-local n = 0
-for _, state in ipairs({'queued', 'leased'}) do
-  for _, uid in ipairs(redis.call('ZRANGE', key_units_by_state(state), 0, -1)) do
-    local f = redis.call('HMGET', key_unit(uid), 'kind', 'hardware_class', 'base_commit')
-    if f[1] == ARGV[2] and f[2] == ARGV[3] and f[3] == ARGV[4] then n = n + 1 end
+if redis.call('HGET', KEY_META, ARGV[5]) ~= '1' then
+  -- First count since the index existed (an upgrade, or a restore of an older snapshot): build it
+  -- from units-by-state once; state changes keep it from then on.
+  for _, state in ipairs({'queued', 'leased'}) do
+    for _, uid in ipairs(redis.call('ZRANGE', key_units_by_state(state), 0, -1)) do
+      local f = redis.call('HMGET', key_unit(uid), 'kind', 'hardware_class', 'base_commit', 'seq')
+      redis.call('ZADD', key_units_pending(f[1], f[2], f[3]), f[4], uid)
+    end
   end
+  redis.call('HSET', KEY_META, ARGV[5], '1')
 end
-return n
+return redis.call('ZCARD', key_units_pending(ARGV[2], ARGV[3], ARGV[4]))
 """,
     # ARGV: unit id. Returns 1 when cancelled, 0 when it was no longer queued.
     "cancel_unit": r"""
@@ -1093,7 +1104,7 @@ class RedisStore(Store):
 
     def count_pending_units(self, kind: UnitKind, hardware_class: str, base_commit: str) -> int:
         kind = check_enum(UnitKind, "kind", kind)
-        return int(self._run("count_pending_units", kind.value, hardware_class, base_commit))
+        return int(self._run("count_pending_units", kind.value, hardware_class, base_commit, PENDING_INDEX_FLAG))
 
     def cancel_units(self, hypothesis_id: str) -> int:
         return int(self._run("cancel_units", hypothesis_id))
@@ -1411,6 +1422,8 @@ class RedisStore(Store):
             if u.hypothesis_id:
                 pipe.zadd(k.key(keys.UNITS_BY_HYPOTHESIS, u.hypothesis_id), {u.unit_id: n})
             pipe.zadd(k.key(keys.UNITS_BY_STATE, u.state.value), {u.unit_id: n})
+            if u.state in (UnitState.QUEUED, UnitState.LEASED):
+                pipe.zadd(k.key(keys.UNITS_PENDING, u.kind.value, u.hardware_class, u.base_commit), {u.unit_id: n})
             if u.state == UnitState.QUEUED:
                 member = f"{n:016d}:{u.unit_id}"  # the scripts' queue_member()
                 pipe.zadd(k.key(keys.QUEUE, str(rank), u.hardware_class), {member: -float(u.priority)})
