@@ -633,3 +633,50 @@ def test_fdr_route_stays_strict_where_changes_are_noise(view):
 def test_fdr_route_needs_enough_first_runs(view):
     swarm_history(view, [5.0, -3.0] * 10)  # 20 < fdr_min_observations
     assert not decisions.judge(view, moderate_win(view), EB_SETTINGS).confirmed
+
+
+NEAR_MISS = SETTINGS  # on by default: extend_z 2.3, extended_max_samples 10
+NO_EXTENSION = SETTINGS.replace(extend_z=0.0)
+
+
+def near_miss_runs(view: InMemoryView, hypothesis_id: str, count: int, delta: float) -> None:
+    """`count` runs of a real but modest improvement, over both classes and five owners."""
+    for i in range(count):
+        volunteer = ["a1", "b1", "a3", "b2", "a4", "b3", "a2", "b4"][i % 8]
+        base = 1.0 if volunteer.startswith("a") else 1.3
+        run(view, volunteer, base - delta + (0.0003 if i % 2 else -0.0003), hypothesis_id, kind=UnitKind.REPLICATE)
+
+
+def test_a_near_miss_at_max_samples_is_rejected_without_the_extension(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    near_miss_runs(view, h.hypothesis_id, 6, 1.5 * SIGMA)
+    j = decisions.judge(view, h, NO_EXTENSION)
+    assert NEAR_MISS.extend_z <= j.evidence.z < SETTINGS.confirm_z  # the premise: close, not there
+    assert j.state == HypothesisState.REJECTED and j.reason.startswith("inconclusive after 6 runs")
+
+
+def test_a_near_miss_keeps_replicating_up_to_the_extended_limit(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    near_miss_runs(view, h.hypothesis_id, 6, 1.5 * SIGMA)
+    j = decisions.judge(view, h, NEAR_MISS)
+    assert j.state == HypothesisState.REPLICATING and not j.confirmed
+    (req,) = j.requests
+    assert req.kind == UnitKind.REPLICATE
+    assert "one more replicate" in j.reason
+    # Four more runs that bear it out reach the bar: the near miss becomes a merge.
+    near_miss_runs(view, h.hypothesis_id, 4, 2.5 * SIGMA)
+    j = decisions.judge(view, h, NEAR_MISS)
+    assert j.confirmed and j.evidence.runs == 10
+
+
+def test_the_extension_ends_at_its_limit_and_spares_weak_evidence(view):
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    near_miss_runs(view, h.hypothesis_id, 10, 0.6 * SIGMA)
+    j = decisions.judge(view, h, NEAR_MISS)
+    assert j.evidence.z < NEAR_MISS.confirm_z
+    assert j.state == HypothesisState.REJECTED and j.reason.startswith("inconclusive after 10 runs")
+    weak = view.add_hypothesis({"MATRIX_LR": "0.06"})
+    near_miss_runs(view, weak.hypothesis_id, 6, 0.7 * SIGMA)
+    j = decisions.judge(view, weak, NEAR_MISS)
+    assert j.evidence.z < NEAR_MISS.extend_z  # below the extension's bar: rejected at max_samples
+    assert j.state == HypothesisState.REJECTED and j.reason.startswith("inconclusive after 6 runs")

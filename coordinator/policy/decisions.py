@@ -721,7 +721,11 @@ class _Context:
                     f"{_floor2(projected)} at {s.max_samples} < {s.futility_z}",
                     evidence,
                 )
-            if not needs_head_run and own_runs + in_flight >= s.max_samples:
+            limit = s.max_samples
+            if 0 < s.extend_z <= evidence.z < s.confirm_z:
+                # A near miss on strength alone (not on owners): a few more runs may settle it.
+                limit = max(limit, s.extended_max_samples)
+            if not needs_head_run and own_runs + in_flight >= limit:
                 if in_flight:
                     return keep(HypothesisState.REPLICATING, f"{runs} runs in, waiting for {in_flight} more")
                 return end(

@@ -73,6 +73,11 @@ class AcceptanceSettings(SettingsFromJson):
     min_volunteers: int = 2  # distinct volunteers behind a confirmation
     min_owners: int = 2  # distinct owners behind a confirmation
     max_samples: int = 6  # runs of one hypothesis (first run plus replicates) before giving up
+    # A near miss at max_samples (pooled z at least extend_z) keeps replicating up to
+    # extended_max_samples runs: a real step of about 2 sigma that ends at z = 2.3 to 3 is the one
+    # most worth a few more runs. extend_z 0: off.
+    extend_z: float = 2.3
+    extended_max_samples: int = 10
     # The same change (the same constants from the same values to the same values) proposed again
     # on a later head: the runs of its earlier hypotheses join its evidence, so a real step of 1 to
     # 2 sigma, weakly better each time alone, adds up instead of being rejected afresh. Off by
@@ -176,6 +181,7 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         "min_volunteers": (s.min_volunteers, 1),
         "min_owners": (s.min_owners, 1),
         "max_samples": (s.max_samples, 1),
+        "extended_max_samples": (s.extended_max_samples, 0),
         "max_crash_retries": (s.max_crash_retries, 0),
         "verify_max_lag": (s.verify_max_lag, 0),
         "fdr_window": (s.fdr_window, 1),
