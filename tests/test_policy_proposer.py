@@ -165,6 +165,8 @@ def test_settings_under_which_nothing_could_confirm_are_refused():
         {"fdr_alpha": -0.1},
         {"fdr_noise_factor": 0.0},
         {"fdr_window": 0},
+        {"extend_z": -1.0},
+        {"extended_max_samples": -2},
     ],
 )
 def test_bad_settings_are_refused(values):

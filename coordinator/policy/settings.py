@@ -199,6 +199,8 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         problems.append(f"fdr_alpha must be in [0, 1), got {s.fdr_alpha}")
     if s.queue_factor < 0:
         problems.append(f"queue_factor must be >= 0, got {s.queue_factor}")
+    if s.extend_z < 0:
+        problems.append(f"extend_z must be >= 0 (0: no near-miss extension), got {s.extend_z}")
     if not problems:
         # The strongest evidence a hypothesis can reach on a new swarm's first head: max_samples
         # runs, each clipped at clip_sigma, against baseline_max baseline runs, with the class
