@@ -73,7 +73,7 @@ class AcceptanceSettings(SettingsFromJson):
     min_volunteers: int = 2  # distinct volunteers behind a confirmation
     min_owners: int = 2  # distinct owners behind a confirmation
     max_samples: int = 6  # runs of one hypothesis (first run plus replicates) before giving up
-    # A near miss at max_samples (pooled z at least extend_z) keeps replicating up to
+    # A near miss at max_samples (pooled z from extend_z up to confirm_z) keeps replicating up to
     # extended_max_samples runs: a real step of about 2 sigma that ends at z = 2.3 to 3 is the one
     # most worth a few more runs. extend_z 0: off.
     extend_z: float = 2.3
