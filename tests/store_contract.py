@@ -85,6 +85,7 @@ ALL_CAPABILITIES = frozenset(
 )
 
 LONG_LEASE_S = 600.0
+SEEN_STEP_S = 1.0  # clock advance between leases: real seconds on stores whose clock is the server's
 RACE_UNITS = 200  # units two processes fight over
 RACE_TIMEOUT_S = 90.0
 RACE_WORK_S = 0.002  # a racer "works" this long per lease; without any pause SQLite's busy
@@ -683,16 +684,16 @@ class StoreContract(SnapshotContract):
     ) -> None:
         volunteer = add_volunteer(store)
         seen_before = store.get_principal(volunteer.principal_id).last_seen_s
-        advance_clock(5.0)
+        advance_clock(SEEN_STEP_S)
         assert store.lease_unit(volunteer.principal_id, "alice", "cpu", LONG_LEASE_S) is None
         seen_idle = store.get_principal(volunteer.principal_id).last_seen_s
-        assert seen_idle >= seen_before + 5.0  # seen even when there was nothing to lease
+        assert seen_idle >= seen_before + SEEN_STEP_S  # seen even when there was nothing to lease
         queued = store.add_hypothesis(make_hypothesis())
         running = store.add_hypothesis(make_hypothesis())
         store.update_hypothesis(running.hypothesis_id, state=HypothesisState.REPLICATING)
         unit = store.enqueue_unit(make_unit(queued.hypothesis_id, UnitKind.CANDIDATE, priority=1.0))
         store.enqueue_unit(make_unit(running.hypothesis_id, UnitKind.CANDIDATE))
-        advance_clock(5.0)
+        advance_clock(SEEN_STEP_S)
         leased, _ = self.lease(store, volunteer)
         assert leased.unit_id == unit.unit_id
         assert store.get_hypothesis(queued.hypothesis_id).state == HypothesisState.LEASED
@@ -700,7 +701,7 @@ class StoreContract(SnapshotContract):
             queued.hypothesis_id
         ]
         assert store.list_hypotheses(states=[HypothesisState.QUEUED]) == []
-        assert store.get_principal(volunteer.principal_id).last_seen_s >= seen_idle + 5.0
+        assert store.get_principal(volunteer.principal_id).last_seen_s >= seen_idle + SEEN_STEP_S
         self.lease(store, volunteer)  # a hypothesis past `queued` keeps its state
         assert store.get_hypothesis(running.hypothesis_id).state == HypothesisState.REPLICATING
 
