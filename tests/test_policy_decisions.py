@@ -531,6 +531,7 @@ def test_to_rejudge_a_run_is_its_own_hypothesis_and_a_later_baseline_run_nobody(
     assert ids(decisions.to_rejudge(view, mine, SETTINGS)) == [h.hypothesis_id]
     # c0's baseline and gpu-a's noise were complete before this run: nothing was waiting for it
     # (h is judged again when its own next run reports).
+    view.add_unit(UnitKind.REPLICATE, "gpu-b", "c0", h.hypothesis_id)
     base = run(view, "a3", 1.0)
     assert decisions.to_rejudge(view, base, SETTINGS) == []
     assert other.state == HypothesisState.QUEUED
@@ -548,11 +549,38 @@ def test_to_rejudge_the_run_that_completes_a_commits_baseline(view):
     first = run(view, "a3", 1.0, commit="c1")
     second = run(view, "a4", 1.0, commit="c1")
     third = run(view, "a3", 1.001, commit="c1")  # already in the view when the first two are judged
+    view.add_unit(UnitKind.REPLICATE, "gpu-a", "c1", on_c1.hypothesis_id)  # what judging it asks for
     assert decisions.to_rejudge(view, first, SETTINGS) == []  # one run: c1 still waits
     assert ids(decisions.to_rejudge(view, second, SETTINGS)) == [on_c1.hypothesis_id]
     assert decisions.to_rejudge(view, third, SETTINGS) == []
     failed = run(view, "a4", 0.0, commit="c1", status=RunStatus.CRASH)
     assert decisions.to_rejudge(view, failed, SETTINGS) == []
+
+
+def test_to_rejudge_wakes_a_hypothesis_that_waited_for_the_heads_baseline_runs(view):
+    # Two runs at a modest z on the head, while two baseline runs of gpu-a are pending there:
+    # judge asks for nothing until they report.
+    h = view.add_hypothesis({"MATRIX_LR": "0.05"})
+    busy = view.add_hypothesis({"MATRIX_LR": "0.03"})
+    run(view, "a1", 1.0 - 1.5 * SIGMA, h.hypothesis_id)
+    run(view, "b2", 1.3 - 1.5 * SIGMA, h.hypothesis_id, kind=UnitKind.REPLICATE)
+    run(view, "a2", 0.999, busy.hypothesis_id)
+    view.add_unit(UnitKind.REPLICATE, "gpu-b", "c0", busy.hypothesis_id)  # busy has its own run pending
+    first_unit = view.add_unit(UnitKind.BASELINE, "gpu-a", "c0")
+    second_unit = view.add_unit(UnitKind.BASELINE, "gpu-a", "c0")
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.REPLICATING and not j.requests and "waiting for 2 more" in j.reason
+    assert not view.pending_units(hypothesis_id=h.hypothesis_id)
+    first = view.add_result(first_unit.unit_id, "a3", RunMetrics(RunStatus.OK, val_bpb=1.0))
+    assert decisions.to_rejudge(view, first, SETTINGS) == []  # one is still pending: h still waits
+    second = view.add_result(second_unit.unit_id, "a4", RunMetrics(RunStatus.OK, val_bpb=1.001))
+    # The last one in: h, with nothing of its own pending, is judged again and asks for its next run;
+    # busy is left to its own pending run.
+    assert ids(decisions.to_rejudge(view, second, SETTINGS)) == [h.hypothesis_id]
+    j = decisions.judge(view, h, SETTINGS)
+    assert j.state == HypothesisState.REPLICATING and j.requests
+    # Off with on-demand baselines (judge then never waits for them): nobody.
+    assert decisions.to_rejudge(view, second, SETTINGS.replace(baseline_on_demand=False)) == []
 
 
 def test_to_rejudge_the_run_that_completes_a_classs_noise_estimate():
