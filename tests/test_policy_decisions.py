@@ -6,7 +6,7 @@ import pytest
 
 from coordinator.policy import decisions
 from coordinator.policy.decisions import VERIFY_PRIORITY
-from coordinator.policy.settings import AcceptanceSettings
+from coordinator.policy.settings import AcceptanceSettings, SettingsError
 from coordinator.policy.statistics import normalize
 from coordinator.policy.view import InMemoryView
 from coordinator.store.types import (
@@ -79,6 +79,31 @@ def test_sigma_and_score_from_baselines(view):
     assert stats.mean_val_bpb == pytest.approx(1.3) and normalize(1.29, stats).delta_percent == pytest.approx(
         100 * 0.01 / 1.3
     )
+
+
+def test_a_class_measured_unluckily_quiet_is_raised_towards_the_pooled_noise():
+    v = InMemoryView("c0")
+    for vid, (owner, cls) in VOLUNTEERS.items():
+        v.add_volunteer(vid, owner, cls)
+    for i, d in enumerate([0.0, 0.002, -0.002, 0.0] * 2):
+        run(v, ["a1", "a3", "a4", "a2"][i % 4], 1.0 + d)
+        run(v, ["b1", "b2", "b3", "b1"][i % 4], 1.3 + d / 5)  # a fifth of gpu-a's spread, same dof
+    own_a, own_b = SIGMA, SIGMA / 5
+    off = SETTINGS.replace(sigma_shrink_dof=0)
+    assert decisions.class_sigma(v, "gpu-b", off).sigma == pytest.approx(own_b)
+    k = SETTINGS.sigma_shrink_dof
+    assert k > 0  # on by default
+    pooled = (own_a**2 + own_b**2) / 2  # both on 7 dof
+    raised = decisions.class_sigma(v, "gpu-b", SETTINGS)
+    assert raised.sigma == pytest.approx(((7 * own_b**2 + k * pooled) / (7 + k)) ** 0.5)
+    assert own_b < raised.sigma < own_a and raised.dof == 7  # the dof stay the class's own
+    # Never lowered: the noisier class keeps its own estimate.
+    assert decisions.class_sigma(v, "gpu-a", SETTINGS).sigma == pytest.approx(own_a)
+    # A first run 3 own sigmas better on gpu-b is scored against the raised noise.
+    stats = decisions.class_stats(v, "gpu-b", "c0", SETTINGS)
+    assert normalize(1.3 - 3 * own_b, stats).delta_sigma == pytest.approx(3 * own_b / raised.sigma)
+    with pytest.raises(SettingsError):
+        SETTINGS.replace(sigma_shrink_dof=-1)
 
 
 def test_prior_until_enough_baselines():

@@ -19,6 +19,7 @@ bases join the evidence the same way (pool_same_change).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -351,6 +352,7 @@ class _Context:
         self.view = view
         self.s = settings
         self._sigma: dict[str, SigmaEstimate] = {}
+        self._raw: dict[str, SigmaEstimate] = {}  # each class's own estimate, before shrinkage
         self._baseline: dict[tuple[str, str, bool], list[Sample]] = {}
         self._queued: dict[str, int] = {}  # class -> how many units it has queued
         self._online: dict[str, int] | None = None
@@ -370,8 +372,29 @@ class _Context:
         Only baseline runs: replicates of a hypothesis would add dof, but its first run was
         selected for looking good, which inflates their spread (about +13% in the simulator)."""
         if hardware_class not in self._sigma:
-            self._sigma[hardware_class] = self._sigma_of(hardware_class, self._ok_baseline_runs(hardware_class))
+            own = self._raw_sigma(hardware_class)
+            pooled = self._pooled_variance() if self.s.sigma_shrink_dof > 0 and not own.from_prior else None
+            if pooled is not None:
+                # Raised, never lowered, towards the classes' pooled noise while its own dof are
+                # few: one class's 6-dof estimate at half its real noise doubled every z on it.
+                k = self.s.sigma_shrink_dof
+                shrunk = math.sqrt((own.dof * own.sigma**2 + k * pooled) / (own.dof + k))
+                if shrunk > own.sigma:
+                    own = dataclasses.replace(own, sigma=shrunk)
+            self._sigma[hardware_class] = own
         return self._sigma[hardware_class]
+
+    def _raw_sigma(self, hardware_class: str) -> SigmaEstimate:
+        if hardware_class not in self._raw:
+            self._raw[hardware_class] = self._sigma_of(hardware_class, self._ok_baseline_runs(hardware_class))
+        return self._raw[hardware_class]
+
+    def _pooled_variance(self) -> float | None:
+        """The dof-weighted mean variance of the measured classes, or None below two of them."""
+        measured = [e for e in (self._raw_sigma(c) for c in self.view.active_classes()) if not e.from_prior]
+        if len(measured) < 2:
+            return None
+        return math.fsum(e.dof * e.sigma**2 for e in measured) / sum(e.dof for e in measured)
 
     def _ok_baseline_runs(self, hardware_class: str) -> list[ResultRecord]:
         return [

@@ -46,6 +46,10 @@ class AcceptanceSettings(SettingsFromJson):
     prior_sigma: float = 0.01  # bpb; a class's noise until its own baselines give min_sigma_dof
     prior_sigma_by_class: Mapping[str, float] = field(default_factory=dict)
     min_sigma_dof: int = 6  # dof of a class's measured spread before decisions use it (they wait till then)
+    # Each class's noise is raised (never lowered) towards the classes' pooled noise, weighted as
+    # this many dof: a 6-dof estimate can come out at half the real noise, which doubles every z
+    # on the class (policy README). 0: off.
+    sigma_shrink_dof: float = 6.0
     sigma_floor: float = 1e-4  # bpb; identical numbers from deterministic runs must not make z infinite
     sigma_window_groups: int = 100  # newest commits whose baseline runs feed a class's sigma
     # -- one hypothesis ---------------------------------------------------------------------------
@@ -187,6 +191,7 @@ def _problems(s: AcceptanceSettings) -> list[str]:
         "fdr_window": (s.fdr_window, 1),
         "fdr_min_observations": (s.fdr_min_observations, 1),
         "revert_min_samples": (s.revert_min_samples, 1),
+        "sigma_shrink_dof": (s.sigma_shrink_dof, 0),
     }
     problems += [f"{k} must be >= {lo}, got {v}" for k, (v, lo) in at_least.items() if v < lo]
     if s.max_samples < max(s.min_volunteers, s.min_owners):
