@@ -595,6 +595,8 @@ def test_to_rejudge_wakes_a_hypothesis_that_waited_for_the_heads_baseline_runs(v
     second_unit = view.add_unit(UnitKind.BASELINE, "gpu-a", "c0")
     j = decisions.judge(view, h, SETTINGS)
     assert j.state == HypothesisState.REPLICATING and not j.requests and "waiting for 2 more" in j.reason
+    view.set_state(h.hypothesis_id, j.state, j.reason)
+    view.set_state(busy.hypothesis_id, HypothesisState.REPLICATING, "one more replicate")
     assert not view.pending_units(hypothesis_id=h.hypothesis_id)
     first = view.add_result(first_unit.unit_id, "a3", RunMetrics(RunStatus.OK, val_bpb=1.0))
     assert decisions.to_rejudge(view, first, SETTINGS) == []  # one is still pending: h still waits

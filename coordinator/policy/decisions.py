@@ -282,24 +282,27 @@ def to_rejudge(
 
     The exception: a hypothesis whose head runs are judged against baseline runs still pending
     asks for nothing until they report (`judge` waits for them), so it has no run of its own
-    pending. When the last baseline run pending on (class, head) reports, the open hypotheses
-    measured there with nothing pending are judged again; without this they waited for the next
-    merge, holding their constants' in-flight places, for as long as the head stood still."""
+    pending. When the last baseline run pending on (class, head) reports, the promising and
+    replicating hypotheses with nothing of their own pending are judged again (one pending-unit
+    lookup each, not a read of the queue); without this they waited for the next merge, holding
+    their constants' in-flight places, for as long as the head stood still."""
     if result.kind != UnitKind.BASELINE:
         return [h for h in view.hypotheses(OPEN_STATES) if h.hypothesis_id == result.hypothesis_id]
     context = _Context(view, settings)
     scope = context.unblocked_by(result)
-    idle_only = False
     c, commit = result.hardware_class, result.base_commit
-    if (
-        not scope
-        and settings.baseline_on_demand
-        and commit == view.head_commit()
-        and view.pending_baselines(c, commit) == 0
-        and context.baseline_ready(c, commit)
-    ):
-        scope, idle_only = "commit", True
     if not scope:
+        if (
+            settings.baseline_on_demand
+            and commit == view.head_commit()
+            and view.pending_baselines(c, commit) == 0
+            and context.baseline_ready(c, commit)
+        ):
+            return [
+                h
+                for h in view.hypotheses([HypothesisState.PROMISING, HypothesisState.REPLICATING])
+                if not view.pending_units(hypothesis_id=h.hypothesis_id)
+            ]
         return []
     base_commit = result.base_commit if scope == "commit" else ""
     # One read of the results in scope, not one per open hypothesis.
@@ -308,8 +311,6 @@ def to_rejudge(
         for r in view.counting_results(hardware_class=result.hardware_class, base_commit=base_commit)
         if r.hypothesis_id
     }
-    if idle_only:
-        measured -= {u.hypothesis_id for u in view.pending_units() if u.hypothesis_id}
     if not measured:
         return []
     return [h for h in view.hypotheses(OPEN_STATES) if h.hypothesis_id in measured]
