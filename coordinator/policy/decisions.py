@@ -269,6 +269,11 @@ def stale_units(view: PolicyView, settings: AcceptanceSettings = DEFAULT_SETTING
     return [u for u in view.pending_units() if u.state == UnitState.QUEUED and u.base_commit not in recent]
 
 
+# Hypotheses one baseline run wakes at most: in a swarm of thousands of open hypotheses on one
+# head, waking every waiting one after each baseline run kept the decider minutes behind.
+WAKE_LIMIT = 16
+
+
 def to_rejudge(
     view: PolicyView, result: ResultRecord, settings: AcceptanceSettings = DEFAULT_SETTINGS
 ) -> list[Hypothesis]:
@@ -298,11 +303,13 @@ def to_rejudge(
             and view.pending_baselines(c, commit) == 0
             and context.baseline_ready(c, commit)
         ):
-            return [
-                h
-                for h in view.hypotheses([HypothesisState.PROMISING, HypothesisState.REPLICATING])
-                if not view.pending_units(hypothesis_id=h.hypothesis_id)
-            ]
+            idle: list[Hypothesis] = []
+            for h in view.hypotheses([HypothesisState.PROMISING, HypothesisState.REPLICATING]):
+                if not view.pending_units(hypothesis_id=h.hypothesis_id):
+                    idle.append(h)
+                    if len(idle) >= WAKE_LIMIT:
+                        break  # the rest on the next baseline run (each woken one may ask for one)
+            return idle
         return []
     base_commit = result.base_commit if scope == "commit" else ""
     # One read of the results in scope, not one per open hypothesis.
