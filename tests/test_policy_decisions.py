@@ -610,6 +610,19 @@ def test_to_rejudge_wakes_a_hypothesis_that_waited_for_the_heads_baseline_runs(v
     assert decisions.to_rejudge(view, second, SETTINGS.replace(baseline_on_demand=False)) == []
 
 
+def test_one_baseline_run_wakes_at_most_wake_limit_waiting_hypotheses(view):
+    waiting = []
+    for i in range(decisions.WAKE_LIMIT + 4):
+        h = view.add_hypothesis({"MATRIX_LR": f"0.0{50 + i}"})
+        run(view, "a1", 0.999, h.hypothesis_id)
+        view.set_state(h.hypothesis_id, HypothesisState.REPLICATING, "waiting for 1 more")
+        waiting.append(h.hypothesis_id)
+    unit = view.add_unit(UnitKind.BASELINE, "gpu-a", "c0")
+    last = view.add_result(unit.unit_id, "a3", RunMetrics(RunStatus.OK, val_bpb=1.0))
+    # The oldest WAKE_LIMIT; the others on the next baseline run (each woken one may ask for one).
+    assert ids(decisions.to_rejudge(view, last, SETTINGS)) == waiting[: decisions.WAKE_LIMIT]
+
+
 def test_to_rejudge_the_run_that_completes_a_classs_noise_estimate():
     fresh = InMemoryView("c0", {"DEPTH": "8", "MATRIX_LR": "0.04", "WINDOW_PATTERN": '"SSSL"'})
     for vid, (owner, cls) in VOLUNTEERS.items():
