@@ -19,7 +19,6 @@ bases join the evidence the same way (pool_same_change).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -36,6 +35,7 @@ from coordinator.policy.statistics import (
     estimate_sigma,
     fit_effect_prior,
     pooled_evidence,
+    raised_towards_pool,
     shift_z,
     sigma_units,
     without_owner,
@@ -295,22 +295,8 @@ def to_rejudge(
         return [h for h in view.hypotheses(OPEN_STATES) if h.hypothesis_id == result.hypothesis_id]
     context = _Context(view, settings)
     scope = context.unblocked_by(result)
-    c, commit = result.hardware_class, result.base_commit
     if not scope:
-        if (
-            settings.baseline_on_demand
-            and commit == view.head_commit()
-            and view.pending_baselines(c, commit) == 0
-            and context.baseline_ready(c, commit)
-        ):
-            idle: list[Hypothesis] = []
-            for h in view.hypotheses([HypothesisState.PROMISING, HypothesisState.REPLICATING]):
-                if not view.pending_units(hypothesis_id=h.hypothesis_id):
-                    idle.append(h)
-                    if len(idle) >= WAKE_LIMIT:
-                        break  # the rest on the next baseline run (each woken one may ask for one)
-            return idle
-        return []
+        return _idle_after_head_baselines(view, context, result)
     base_commit = result.base_commit if scope == "commit" else ""
     # One read of the results in scope, not one per open hypothesis.
     measured = {
@@ -321,6 +307,26 @@ def to_rejudge(
     if not measured:
         return []
     return [h for h in view.hypotheses(OPEN_STATES) if h.hypothesis_id in measured]
+
+
+def _idle_after_head_baselines(view: PolicyView, context: _Context, result: ResultRecord) -> list[Hypothesis]:
+    """After the last baseline run pending on (class, head): up to WAKE_LIMIT promising or
+    replicating hypotheses with nothing of their own pending, oldest first (one lookup each)."""
+    c, commit = result.hardware_class, result.base_commit
+    if not (
+        context.s.baseline_on_demand
+        and commit == view.head_commit()
+        and view.pending_baselines(c, commit) == 0
+        and context.baseline_ready(c, commit)
+    ):
+        return []
+    idle: list[Hypothesis] = []
+    for h in view.hypotheses([HypothesisState.PROMISING, HypothesisState.REPLICATING]):
+        if not view.pending_units(hypothesis_id=h.hypothesis_id):
+            idle.append(h)
+            if len(idle) >= WAKE_LIMIT:
+                break  # the rest on the next baseline run (each woken one may ask for one)
+    return idle
 
 
 def after_merge(
@@ -381,28 +387,17 @@ class _Context:
         selected for looking good, which inflates their spread (about +13% in the simulator)."""
         if hardware_class not in self._sigma:
             own = self._raw_sigma(hardware_class)
-            pooled = self._pooled_variance() if self.s.sigma_shrink_dof > 0 and not own.from_prior else None
-            if pooled is not None:
-                # Raised, never lowered, towards the classes' pooled noise while its own dof are
-                # few: one class's 6-dof estimate at half its real noise doubled every z on it.
-                k = self.s.sigma_shrink_dof
-                shrunk = math.sqrt((own.dof * own.sigma**2 + k * pooled) / (own.dof + k))
-                if shrunk > own.sigma:
-                    own = dataclasses.replace(own, sigma=shrunk)
+            if self.s.sigma_shrink_dof > 0 and not own.from_prior:
+                others = [self._raw_sigma(c) for c in self.view.active_classes()]
+                own = raised_towards_pool(own, others, self.s.sigma_shrink_dof)
             self._sigma[hardware_class] = own
         return self._sigma[hardware_class]
 
     def _raw_sigma(self, hardware_class: str) -> SigmaEstimate:
+        """The class's own estimate, before `raised_towards_pool`."""
         if hardware_class not in self._raw:
             self._raw[hardware_class] = self._sigma_of(hardware_class, self._ok_baseline_runs(hardware_class))
         return self._raw[hardware_class]
-
-    def _pooled_variance(self) -> float | None:
-        """The dof-weighted mean variance of the measured classes, or None below two of them."""
-        measured = [e for e in (self._raw_sigma(c) for c in self.view.active_classes()) if not e.from_prior]
-        if len(measured) < 2:
-            return None
-        return math.fsum(e.dof * e.sigma**2 for e in measured) / sum(e.dof for e in measured)
 
     def _ok_baseline_runs(self, hardware_class: str) -> list[ResultRecord]:
         return [

@@ -7,6 +7,7 @@ code on one hardware class, pooled over the within-commit spread of that class's
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Sequence
@@ -129,6 +130,21 @@ def estimate_sigma(
     if dof < min_dof:
         return SigmaEstimate(max(prior_sigma, floor), dof, True, measured)
     return SigmaEstimate(max(measured, floor), dof, False, measured)
+
+
+def raised_towards_pool(own: SigmaEstimate, estimates: Iterable[SigmaEstimate], pool_dof: float) -> SigmaEstimate:
+    """`own` raised, never lowered, to the blend of its variance (weighted by its dof) and the
+    dof-weighted pooled variance of the measured `estimates` (weighted as `pool_dof`); its dof
+    stay its own. Unchanged below two measured estimates, for a prior, or with pool_dof 0.
+
+    Every test on a class shares its estimate: one 6-dof estimate at half the real noise doubles
+    every z on the class at once, which the t conversion of each single test does not cover."""
+    measured = [e for e in estimates if not e.from_prior]
+    if pool_dof <= 0 or own.from_prior or len(measured) < 2:
+        return own
+    pooled = math.fsum(e.dof * e.sigma**2 for e in measured) / sum(e.dof for e in measured)
+    blended = math.sqrt((own.dof * own.sigma**2 + pool_dof * pooled) / (own.dof + pool_dof))
+    return dataclasses.replace(own, sigma=blended) if blended > own.sigma else own
 
 
 def normalize(val_bpb: float, stats: ClassStats | None, min_samples: int = 1) -> NormalizedScore:
